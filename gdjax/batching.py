@@ -1,0 +1,179 @@
+"""Stochastic, mini-batch and batch gradient descent on an in-memory data set: :func:`fit`.
+
+The seed's three variants differ only in how many samples feed each gradient:
+
+* ``batch_size=1``: stochastic GD, one sample per step;
+* ``1 < batch_size < N``: mini-batch GD, the mean loss over ``batch_size`` samples;
+* ``batch_size=None`` (or ``N``): batch GD, the mean over the whole data set.
+
+Each epoch visits the samples in a fresh random order drawn from ``seed`` (fold the epoch number
+into the key). The data set stays on the device and every epoch runs inside one compiled program:
+the batch indices of all steps are computed up front (``epochs x N`` int32, the size of one index
+per sample visited) and the engine's scanned loop gathers each step's batch from them.
+
+**Remainder batch.** With ``N % batch_size = r > 0`` the last ``r`` samples of each epoch's
+permutation are left out of that epoch (``drop_last`` in PyTorch's terms), so every step sees a
+batch of exactly ``batch_size`` and shapes stay static; since the order is redrawn every epoch, a
+different ``r`` samples sit out each time. A full batch (``batch_size = N``) uses the data in its
+given order, so it equals :func:`gdjax.minimize` on the mean loss exactly.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from gdjax import engine, inputs, optimizers
+from gdjax.descent import Result
+
+PyTree = Any
+
+
+def sample_count(data: PyTree) -> int:
+    """The shared leading size of every leaf of ``data``, or ``ValueError``."""
+    leaves = jax.tree_util.tree_flatten_with_path(data)[0]
+    if not leaves:
+        raise ValueError(f"data must contain at least one array, got data={data!r}")
+    sizes = {jax.tree_util.keystr(p) or "data": (jnp.shape(x) or (None,))[0] for p, x in leaves}
+    if None in sizes.values():
+        raise ValueError(f"every leaf of data needs a leading sample axis; got shapes {sizes}")
+    if len(set(sizes.values())) > 1:
+        raise ValueError(
+            f"every leaf of data must have the same leading (sample) size, got sizes {sizes}"
+        )
+    n = next(iter(sizes.values()))
+    if n < 1:
+        raise ValueError("data must hold at least one sample, got 0")
+    return int(n)
+
+
+def batch_schedule(key: jax.Array, n: int, batch_size: int, epochs: int) -> jax.Array:
+    """Indices of every step's batch: int32 ``(epochs * (n // batch_size), batch_size)``.
+
+    Epoch ``e`` visits ``jax.random.permutation(fold_in(key, e), n)``, its remainder left out.
+    Traceable in ``key`` (a sweep over seeds vmaps it).
+    """
+    per_epoch = n // batch_size
+    epoch_keys = jax.vmap(lambda e: jax.random.fold_in(key, e))(jnp.arange(epochs))
+    orders = jax.vmap(lambda k: jax.random.permutation(k, n))(epoch_keys)
+    return orders[:, : per_epoch * batch_size].reshape(epochs * per_epoch, batch_size)
+
+
+def batch_source(loss_fn: Callable[[PyTree, PyTree], jax.Array]) -> engine.ValueAndGrad:
+    """The engine's gradient source for ``loss_fn(params, batch)``.
+
+    ``aux`` is ``(data, indices)``: step ``t`` uses rows ``indices[t]`` (wrapping at the end);
+    ``indices=None`` means the whole data set every step.
+    """
+    value_and_grad = jax.value_and_grad(loss_fn)
+
+    def source(params, t, aux):
+        data, indices = aux
+        if indices is None:
+            return value_and_grad(params, data)
+        rows = indices[t % indices.shape[0]]
+        return value_and_grad(params, jax.tree.map(lambda a: a[rows], data))
+
+    return source
+
+
+def fit(
+    loss_fn: Callable[[PyTree, PyTree], jax.Array],
+    params: PyTree,
+    data: PyTree,
+    *,
+    optimizer: str | optax.GradientTransformation = "sgd",
+    learning_rate: float | Callable | None = None,
+    batch_size: int | None = None,
+    epochs: int = 1,
+    seed: int = 0,
+    eval_fn: Callable[[PyTree], Any] | None = None,
+    record_every: int | None = None,
+    tol: float | None = None,
+    **hyperparameters: Any,
+) -> Result:
+    """Train ``params`` on ``data`` by stochastic, mini-batch or batch gradient descent.
+
+    Args:
+      loss_fn: ``loss_fn(params, batch) -> scalar``, the mean loss over ``batch``, which has the
+        structure of ``data`` with a leading batch axis.
+      params: the start, a pytree of float arrays.
+      data: a pytree of arrays sharing a leading sample axis of size ``N``.
+      optimizer: a name from :data:`gdjax.OPTIMIZERS` or any optax transformation.
+      learning_rate: a number or optax schedule (per step); the optimiser's default when ``None``.
+      batch_size: ``1`` stochastic, ``None`` or ``N`` full batch, in between mini-batch.
+      epochs: passes over the data; there are ``N // batch_size`` steps per epoch.
+      seed: seeds the per-epoch sample order.
+      eval_fn: ``params -> scalar or dict of scalars`` (e.g. test accuracy), recorded in
+        ``history.metrics`` at every record.
+      record_every: history every this many steps; once per epoch when ``None``.
+      tol: converged once the (mini-batch) gradient norm is ``<= tol``.
+      **hyperparameters: other hyperparameters of the optimiser.
+
+    Returns:
+      A :class:`gdjax.Result` whose ``loss`` is the mean loss over the whole data set at the final
+      parameters and whose ``history.loss`` holds the mini-batch loss at each record.
+
+    Raises:
+      ValueError, TypeError: bad arguments, named with their value.
+
+    Example:
+      >>> import gdjax, jax.numpy as jnp
+      >>> X = jnp.linspace(-1, 1, 64)[:, None]; y = 3 * X[:, 0] + 1
+      >>> loss = lambda p, b: jnp.mean((b[0] @ p["w"] + p["b"] - b[1]) ** 2)
+      >>> res = gdjax.fit(loss, {"w": jnp.zeros(1), "b": jnp.zeros(())}, (X, y),
+      ...                 optimizer="sgd", learning_rate=0.2, batch_size=8, epochs=30)
+      >>> round(float(res.params["w"][0]), 3), round(float(res.params["b"]), 3)
+      (3.0, 1.0)
+    """
+    n = sample_count(data)
+    epochs = inputs.positive_int("epochs", epochs)
+    if batch_size is None:
+        batch_size = n
+    batch_size = inputs.positive_int("batch_size", batch_size)
+    if batch_size > n:
+        raise ValueError(
+            f"batch_size must be at most the number of samples ({n}), got batch_size={batch_size}"
+        )
+    steps = epochs * (n // batch_size)
+    record_every = inputs.positive_int(
+        "record_every", n // batch_size if record_every is None else record_every
+    )
+    tol = inputs.optional_tolerance("tol", tol)
+    if not isinstance(seed, int) or isinstance(seed, bool):
+        raise TypeError(f"seed must be an int, got seed={seed!r}")
+    if eval_fn is not None and not callable(eval_fn):
+        raise TypeError(f"eval_fn must be callable or None, got eval_fn={eval_fn!r}")
+    if learning_rate is not None:
+        hyperparameters["learning_rate"] = learning_rate
+
+    with inputs.precision(params):
+        params = inputs.float_params("params", params)
+        data = jax.tree.map(jnp.asarray, data)
+        first = jax.tree.map(lambda a: a[:batch_size], data)
+        inputs.scalar_function("loss_fn", loss_fn, params, first)
+        tx, opt_state = optimizers.resolve(optimizer, params, hyperparameters)
+        indices = None
+        if batch_size < n:
+            indices = batch_schedule(jax.random.key(seed), n, batch_size, epochs)
+        run, loss = _fit(
+            params, opt_state, data, indices, tol, loss_fn=loss_fn, tx=tx, eval_fn=eval_fn,
+            steps=steps, record_every=record_every,
+        )
+        return Result.from_run(run, loss=loss)
+
+
+@functools.partial(
+    jax.jit, static_argnames=("loss_fn", "tx", "eval_fn", "steps", "record_every")
+)
+def _fit(params, opt_state, data, indices, tol, *, loss_fn, tx, eval_fn, steps, record_every):
+    run = engine.run(
+        batch_source(loss_fn), tx, params, steps=steps, aux=(data, indices), opt_state=opt_state,
+        record_every=record_every, gtol=tol, record_fn=eval_fn,
+    )
+    return run, loss_fn(run.params, data)

@@ -1,0 +1,203 @@
+"""Gradient descent on a function: the seed's ``gradient_descent`` and :func:`minimize`.
+
+Both are thin shapes around the one scanned loop in :mod:`gdjax.engine`.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import numpy as np
+import optax
+
+from gdjax import engine, inputs, optimizers
+from gdjax.engine import History
+from gdjax.finite_diff import numerical_gradient
+
+PyTree = Any
+
+GRAD_SOURCES = ("autodiff", "numerical")
+
+SEED_STEP = 1e-4
+"""The seed's finite-difference step ``h`` in ``numerical_gradient``."""
+
+
+class Result(NamedTuple):
+    """The outcome of :func:`minimize` or :func:`gdjax.fit`.
+
+    Attributes:
+      params: final parameters, same structure as the start (the last finite ones if diverged).
+      loss: final loss (for ``fit``, the mean loss over the whole training set).
+      status: ``"converged"``, ``"max_steps"`` or ``"diverged"``.
+      steps: updates applied.
+      history: the decimated :class:`gdjax.engine.History` (loss, gradient norm, ...).
+      best_loss: smallest loss seen along the run.
+      grad_norm: global gradient norm at ``params``.
+      diverged_at: the step whose update produced a non-finite value, or ``None``.
+    """
+
+    params: PyTree
+    loss: jax.Array
+    status: str
+    steps: int
+    history: History
+    best_loss: jax.Array
+    grad_norm: jax.Array
+    diverged_at: int | None
+
+    @classmethod
+    def from_run(cls, run: engine.Run, loss: jax.Array | None = None) -> Result:
+        diverged_at = int(run.diverged_at)
+        return cls(
+            params=run.params,
+            loss=run.loss if loss is None else loss,
+            status=str(engine.status_names(run.status)),
+            steps=int(run.steps),
+            history=run.history,
+            best_loss=run.best_loss,
+            grad_norm=run.grad_norm,
+            diverged_at=None if diverged_at < 0 else diverged_at,
+        )
+
+    def __repr__(self) -> str:
+        extra = "" if self.diverged_at is None else f", diverged_at={self.diverged_at}"
+        return (
+            f"Result(status={self.status!r}, loss={float(self.loss):.6g}, steps={self.steps}, "
+            f"grad_norm={float(self.grad_norm):.3g}{extra}, params={self.params!r})"
+        )
+
+
+def gradient_source(f: Callable[[PyTree], jax.Array], grad: str) -> engine.ValueAndGrad:
+    """The engine's gradient source for ``f``: ``"autodiff"`` or ``"numerical"``.
+
+    ``"numerical"`` is the seed's estimator: central differences with ``h = 1e-4``.
+    """
+    if grad == "autodiff":
+        return engine.autodiff(f)
+    if grad == "numerical":
+        return lambda x, t, aux: (f(x), numerical_gradient(f, x, method="central", step=SEED_STEP))
+    raise ValueError(f"grad must be one of {GRAD_SOURCES}, got grad={grad!r}")
+
+
+def gradient_descent(
+    f: Callable[[PyTree], jax.Array],
+    init_x: PyTree,
+    lr: float = 0.01,
+    step_num: int = 100,
+    *,
+    grad: str = "autodiff",
+) -> PyTree:
+    """The seed's gradient descent: ``step_num`` steps of ``x <- x - lr * grad f(x)``.
+
+    .. math::
+
+        x_{t+1} = x_t - \\eta \\nabla f(x_t)
+
+    Unlike the seed, the caller's ``init_x`` is left unchanged; a float64 NumPy start runs in
+    float64 (inside ``jax.enable_x64``, never a global flip).
+
+    Args:
+      f: scalar function of a pytree.
+      init_x: the start.
+      lr: the learning rate ``eta``.
+      step_num: number of steps.
+      grad: ``"autodiff"`` (``jax.grad``) or ``"numerical"`` (the seed's central differences,
+        ``h = 1e-4``).
+
+    Returns:
+      The final ``x``, same structure as ``init_x``.
+
+    Example (the seed's)::
+
+      >>> import numpy as np, gdjax
+      >>> x = gdjax.gradient_descent(gdjax.functions.function_2, np.array([-3.0, 4.0]),
+      ...                            lr=0.1, step_num=100, grad="numerical")
+      >>> np.array2string(np.asarray(x), precision=8)
+      '[-6.11110793e-10  8.14814391e-10]'
+    """
+    res = minimize(
+        f, init_x, optimizer="sgd", learning_rate=lr, steps=step_num, grad=grad,
+        record_every=step_num,
+    )
+    return _as_numpy_like(res.params, init_x)
+
+
+def minimize(
+    f: Callable[[PyTree], jax.Array],
+    x0: PyTree,
+    optimizer: str | optax.GradientTransformation = "adam",
+    *,
+    learning_rate: float | Callable | None = None,
+    steps: int = 1000,
+    tol: float | None = None,
+    ftol: float | None = None,
+    record_every: int = 1,
+    record_params: bool = False,
+    grad: str = "autodiff",
+    **hyperparameters: Any,
+) -> Result:
+    """Minimise ``f`` from ``x0`` with an optax optimiser, in one compiled loop.
+
+    Args:
+      f: scalar function of a pytree of float arrays.
+      x0: the start (not modified).
+      optimizer: a name from :data:`gdjax.OPTIMIZERS` or any optax transformation.
+      learning_rate: a number or an optax schedule; the optimiser's default when ``None``.
+      steps: maximum number of updates.
+      tol: converged once the gradient's global norm is ``<= tol``.
+      ftol: converged once an update changes the loss by ``<= ftol``.
+      record_every: history every this many steps (plus the final state).
+      record_params: record the parameters too (trajectory plots).
+      grad: ``"autodiff"`` or ``"numerical"`` (the seed's central differences).
+      **hyperparameters: other hyperparameters of a named optimiser (``momentum``, ``b1``...),
+        or of an ``inject_hyperparams`` transformation.
+
+    Returns:
+      A :class:`Result`. A run whose loss or parameters become non-finite has status
+      ``"diverged"`` and holds its last finite state; it does not raise.
+
+    Raises:
+      ValueError, TypeError: bad arguments, named with their value.
+
+    Example:
+      >>> import gdjax, jax.numpy as jnp
+      >>> res = gdjax.minimize(gdjax.functions.rosenbrock, jnp.array([-1.2, 1.0]),
+      ...                      "adam", learning_rate=0.02, steps=3000, tol=1e-4)
+      >>> res.status, bool(jnp.allclose(res.params, 1.0, atol=1e-2))
+      ('converged', True)
+    """
+    steps = inputs.positive_int("steps", steps)
+    record_every = inputs.positive_int("record_every", record_every)
+    tol = inputs.optional_tolerance("tol", tol)
+    ftol = inputs.optional_tolerance("ftol", ftol)
+    if grad not in GRAD_SOURCES:
+        raise ValueError(f"grad must be one of {GRAD_SOURCES}, got grad={grad!r}")
+    if learning_rate is not None:
+        hyperparameters["learning_rate"] = learning_rate
+    with inputs.precision(x0):
+        x0 = inputs.float_params("x0", x0)
+        inputs.scalar_function("f", f, x0)
+        tx, opt_state = optimizers.resolve(optimizer, x0, hyperparameters)
+        run = _run(
+            x0, opt_state, tol, ftol, f=f, tx=tx, grad=grad, steps=steps,
+            record_every=record_every, record_params=record_params,
+        )
+        return Result.from_run(run)
+
+
+@functools.partial(
+    jax.jit, static_argnames=("f", "tx", "grad", "steps", "record_every", "record_params")
+)
+def _run(x0, opt_state, tol, ftol, *, f, tx, grad, steps, record_every, record_params):
+    return engine.run(
+        gradient_source(f, grad), tx, x0, steps=steps, opt_state=opt_state,
+        record_every=record_every, gtol=tol, ftol=ftol, record_params=record_params,
+    )
+
+
+def _as_numpy_like(x: PyTree, like: PyTree) -> PyTree:
+    """NumPy leaves where the caller passed NumPy: the seed's function returns an ndarray."""
+    return jax.tree.map(lambda a, b: np.asarray(a) if isinstance(b, np.ndarray) else a, x, like)

@@ -1,0 +1,259 @@
+"""The one descent loop that every gdjax entry point runs on.
+
+A *run* takes a gradient source, an optax transform and a start, and applies ``steps`` updates in a
+``lax.scan``:
+
+.. math::
+
+    g_t = \\nabla f(x_t), \\qquad (u_t, s_{t+1}) = \\mathrm{tx.update}(g_t, s_t, x_t), \\qquad
+    x_{t+1} = x_t + u_t .
+
+Every step is a pure function of the carry, so ``jax.vmap(run)`` is a sweep: nothing branches on a
+traced value and nothing breaks out early. A run that has finished simply stops changing:
+
+* *converged*: the gradient norm fell to ``gtol`` or the loss changed by at most ``ftol``;
+* *diverged*: the loss, the gradient or the parameters became non-finite. The run is frozen at its
+  last finite state and remembers the step at which it diverged, so one bad member of a sweep never
+  turns the others into NaN;
+* *max_steps*: neither happened within ``steps``.
+
+History is decimated: every ``record_every`` steps the loop stores the loss, the gradient norm and,
+when asked, the parameters and user metrics, so memory does not grow with ``steps``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax import lax
+
+PyTree = Any
+
+# Status codes as stored in the int32 ``status`` arrays; ``STATUS_NAMES[code]`` reads them.
+RUNNING, CONVERGED, MAX_STEPS, DIVERGED = 0, 1, 2, 3
+STATUS_NAMES = ("running", "converged", "max_steps", "diverged")
+
+ValueAndGrad = Callable[[PyTree, jax.Array, PyTree], tuple[jax.Array, PyTree]]
+"""A gradient source: ``value_and_grad(params, t, aux) -> (loss, grads)``.
+
+``t`` is the int32 index of the step whose parameters are evaluated (``fit`` uses it to pick the
+mini-batch), ``aux`` any pytree of arrays the source needs (data, batch indices); either may
+be ignored.
+"""
+
+
+class History(NamedTuple):
+    """What the loop recorded, one entry every ``record_every`` steps plus the final state.
+
+    Attributes:
+      step: int32 ``(R,)``, the step index of each record (``0, k, 2k, ..., steps``).
+      loss: ``(R,)`` loss at the recorded parameters (the mini-batch loss for ``fit``).
+      grad_norm: ``(R,)`` global L2 norm of the gradient there.
+      params: the recorded parameters with a leading ``(R,)`` axis, or ``None``.
+      metrics: the recorded ``record_fn(params)`` pytree with a leading ``(R,)`` axis, or ``None``.
+    """
+
+    step: jax.Array
+    loss: jax.Array
+    grad_norm: jax.Array
+    params: PyTree = None
+    metrics: PyTree = None
+
+
+class Run(NamedTuple):
+    """The outcome of one run (every field gains a leading config axis under ``vmap``).
+
+    Attributes:
+      params: final parameters: the last finite ones for a diverged run.
+      loss: loss at ``params``.
+      grad_norm: gradient norm at ``params``.
+      best_loss: smallest loss seen along the run.
+      status: int32 code, one of ``CONVERGED``, ``MAX_STEPS``, ``DIVERGED``.
+      steps: int32, updates applied.
+      diverged_at: int32, the step whose update produced a non-finite value, or -1.
+      history: the decimated :class:`History`.
+      opt_state: the optimiser state at ``params``.
+    """
+
+    params: PyTree
+    loss: jax.Array
+    grad_norm: jax.Array
+    best_loss: jax.Array
+    status: jax.Array
+    steps: jax.Array
+    diverged_at: jax.Array
+    history: History
+    opt_state: PyTree
+
+
+class _Carry(NamedTuple):
+    params: PyTree
+    opt_state: PyTree
+    loss: jax.Array
+    grad: PyTree
+    best_loss: jax.Array
+    status: jax.Array
+    steps: jax.Array
+    diverged_at: jax.Array
+    t: jax.Array
+
+
+def autodiff(f: Callable[[PyTree], jax.Array]) -> ValueAndGrad:
+    """The gradient source of a plain objective ``f(x) -> scalar`` by reverse-mode autodiff."""
+    value_and_grad = jax.value_and_grad(f)
+    return lambda params, t, aux: value_and_grad(params)
+
+
+def all_finite(tree: PyTree) -> jax.Array:
+    """True when every element of every leaf is finite."""
+    leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]
+    return jnp.all(jnp.stack(leaves)) if leaves else jnp.array(True)
+
+
+def _select(pred: jax.Array, on_true: PyTree, on_false: PyTree) -> PyTree:
+    return jax.tree.map(lambda a, b: jnp.where(pred, a, b), on_true, on_false)
+
+
+def _step(
+    c: _Carry,
+    value_and_grad: ValueAndGrad,
+    tx: optax.GradientTransformation,
+    aux: PyTree,
+    gtol: jax.Array,
+    ftol: jax.Array,
+) -> _Carry:
+    running = c.status == RUNNING
+    at_gtol = running & (optax.global_norm(c.grad) <= gtol)
+    moving = running & ~at_gtol
+
+    updates, opt_state = tx.update(c.grad, c.opt_state, c.params)
+    params = optax.apply_updates(c.params, updates)
+    t = c.t + 1
+    loss, grad = value_and_grad(params, t, aux)
+
+    finite = jnp.isfinite(loss) & all_finite(params) & all_finite(grad)
+    commit = moving & finite
+    at_ftol = commit & (jnp.abs(loss - c.loss) <= ftol)
+    blew_up = moving & ~finite
+
+    status = jnp.where(at_gtol | at_ftol, CONVERGED, c.status)
+    status = jnp.where(blew_up, DIVERGED, status)
+    params, opt_state, loss, grad = _select(
+        commit, (params, opt_state, loss, grad), (c.params, c.opt_state, c.loss, c.grad)
+    )
+    return _Carry(
+        params=params,
+        opt_state=opt_state,
+        loss=loss,
+        grad=grad,
+        best_loss=jnp.minimum(c.best_loss, loss),
+        status=status.astype(jnp.int32),
+        steps=c.steps + commit.astype(jnp.int32),
+        diverged_at=jnp.where(blew_up, t, c.diverged_at),
+        t=t,
+    )
+
+
+def run(
+    value_and_grad: ValueAndGrad,
+    tx: optax.GradientTransformation,
+    params: PyTree,
+    *,
+    steps: int,
+    aux: PyTree = None,
+    opt_state: PyTree = None,
+    record_every: int = 1,
+    gtol: float | jax.Array | None = None,
+    ftol: float | jax.Array | None = None,
+    record_params: bool = False,
+    record_fn: Callable[[PyTree], PyTree] | None = None,
+) -> Run:
+    """Run ``steps`` updates of ``tx`` from ``params`` in one scanned loop.
+
+    Traceable: call it under ``jax.jit`` and ``jax.vmap`` (a sweep is ``vmap`` of this function).
+    Arguments are checked by the public entry points (:func:`gdjax.minimize`, :func:`gdjax.fit`,
+    :func:`gdjax.sweep`), not here.
+
+    Args:
+      value_and_grad: the gradient source, ``(params, t, aux) -> (loss, grads)``; see
+        :func:`autodiff`.
+      tx: any optax transformation.
+      params: the start, any pytree of float arrays.
+      steps: number of updates (static).
+      aux: pytree handed to ``value_and_grad`` at every step.
+      opt_state: the optimiser state to start from; ``tx.init(params)`` when ``None`` (a sweep
+        passes states whose injected hyperparameters differ per config).
+      record_every: record every this many steps (static); the final state is always recorded.
+      gtol: converged once the gradient's global norm is ``<= gtol``; ``None`` disables it.
+      ftol: converged once one update changes the loss by ``<= ftol``; ``None`` disables it.
+      record_params: also record the parameters (e.g. for trajectory plots).
+      record_fn: ``params -> pytree of arrays`` recorded beside the loss (e.g. a test loss).
+
+    Returns:
+      A :class:`Run`.
+    """
+    opt_state = tx.init(params) if opt_state is None else opt_state
+    loss, grad = value_and_grad(params, jnp.int32(0), aux)
+    dtype = jnp.result_type(loss)
+    gtol = jnp.asarray(-1.0 if gtol is None else gtol, dtype)
+    ftol = jnp.asarray(-1.0 if ftol is None else ftol, dtype)
+    finite = jnp.isfinite(loss) & all_finite(params) & all_finite(grad)
+    carry = _Carry(
+        params=params,
+        opt_state=opt_state,
+        loss=loss,
+        grad=grad,
+        best_loss=jnp.where(finite, loss, jnp.inf).astype(dtype),
+        status=jnp.where(finite, RUNNING, DIVERGED).astype(jnp.int32),
+        steps=jnp.int32(0),
+        diverged_at=jnp.where(finite, -1, 0).astype(jnp.int32),
+        t=jnp.int32(0),
+    )
+
+    def one_step(c, _):
+        return _step(c, value_and_grad, tx, aux, gtol, ftol), None
+
+    def snapshot(c):
+        return (
+            c.t,
+            c.loss,
+            optax.global_norm(c.grad),
+            c.params if record_params else None,
+            None if record_fn is None else record_fn(c.params),
+        )
+
+    def record_then_advance(c, _):
+        record = snapshot(c)
+        c, _ = lax.scan(one_step, c, length=record_every)
+        return c, record
+
+    n_records, tail = divmod(steps, record_every)
+    carry, records = lax.scan(record_then_advance, carry, length=n_records)
+    if tail:
+        carry, _ = lax.scan(one_step, carry, length=tail)
+    last = snapshot(carry)
+    records = jax.tree.map(lambda rs, r: jnp.concatenate([rs, r[None]]), records, last)
+    history = History(*records)
+
+    status = jnp.where(carry.status == RUNNING, MAX_STEPS, carry.status).astype(jnp.int32)
+    return Run(
+        params=carry.params,
+        loss=carry.loss,
+        grad_norm=optax.global_norm(carry.grad),
+        best_loss=carry.best_loss,
+        status=status,
+        steps=carry.steps,
+        diverged_at=carry.diverged_at,
+        history=history,
+        opt_state=carry.opt_state,
+    )
+
+
+def status_names(codes: Any) -> np.ndarray:
+    """The readable status (``"converged"``, ``"max_steps"``, ``"diverged"``) of int codes."""
+    return np.asarray(STATUS_NAMES)[np.asarray(codes)]

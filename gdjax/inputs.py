@@ -1,0 +1,99 @@
+"""Checking user input at call time, so bad arguments fail with a clear message, not deep in JAX.
+
+Every message names the argument and echoes its value: "steps must be a positive integer, got
+steps=0". Numerical trouble at run time (NaN, divergence) is not an input error: it becomes a
+status in the result.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import numbers
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+PyTree = Any
+
+
+def positive_int(name: str, value: Any) -> int:
+    """``value`` as an int, or ``ValueError`` unless it is a positive integer."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {name}={value!r}")
+    return int(value)
+
+
+def optional_tolerance(name: str, value: Any) -> float | None:
+    """``None``, or a finite non-negative float."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a real number or None, got {name}={value!r}")
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(f"{name} must be finite and >= 0, got {name}={value!r}")
+    return float(value)
+
+
+def float_params(name: str, tree: PyTree) -> PyTree:
+    """Check that ``tree`` is a non-empty pytree of floating arrays; return it as jax arrays.
+
+    Python floats and lists become arrays of JAX's default float dtype; float64 NumPy input stays
+    float64 when called inside :func:`precision`.
+    """
+    leaves = jax.tree.leaves(tree)
+    if not leaves:
+        raise ValueError(f"{name} must contain at least one array, got {name}={tree!r}")
+    for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+        dtype = np.result_type(leaf) if not hasattr(leaf, "dtype") else leaf.dtype
+        if isinstance(leaf, float):
+            continue
+        if not jnp.issubdtype(dtype, jnp.floating):
+            where = jax.tree_util.keystr(path) or "(the array itself)"
+            raise TypeError(
+                f"{name} must hold floating-point arrays; leaf {where} has dtype {dtype} "
+                f"(convert it, e.g. with .astype(float)), got {name}={_short(tree)}"
+            )
+        if np.size(leaf) == 0:
+            where = jax.tree_util.keystr(path) or "(the array itself)"
+            raise ValueError(f"{name} must not hold empty arrays; leaf {where} has size 0")
+    return jax.tree.map(jnp.asarray, tree)
+
+
+def scalar_function(name: str, f: Callable, *args: Any) -> None:
+    """``TypeError``/``ValueError`` unless ``f(*args)`` is a real scalar (checked abstractly)."""
+    if not callable(f):
+        raise TypeError(f"{name} must be callable, got {name}={f!r}")
+    out = jax.eval_shape(f, *args)
+    shape = getattr(out, "shape", None)
+    if shape != ():
+        raise ValueError(
+            f"{name} must return a scalar, got output of shape {shape} "
+            f"(reduce it, e.g. with jnp.sum or jnp.mean)"
+        )
+    if not jnp.issubdtype(out.dtype, jnp.floating):
+        raise TypeError(f"{name} must return a floating-point scalar, got dtype {out.dtype}")
+
+
+def precision(*trees: PyTree) -> contextlib.AbstractContextManager:
+    """A context that runs in float64 when any input leaf is float64, else does nothing.
+
+    gdjax never flips ``jax_enable_x64`` globally; a float64 input is honoured by entering
+    ``jax.enable_x64(True)`` for the duration of the call.
+    """
+    wide = any(
+        getattr(leaf, "dtype", None) in (np.float64, np.complex128)
+        for tree in trees
+        for leaf in jax.tree.leaves(tree)
+    )
+    if wide and not jax.config.jax_enable_x64:
+        return jax.enable_x64(True)
+    return contextlib.nullcontext()
+
+
+def _short(tree: PyTree, limit: int = 80) -> str:
+    text = repr(tree)
+    return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -1,0 +1,208 @@
+"""Named optimisers: the ones the seed names and their close relatives, built from optax.
+
+Every optimiser is an ``optax.GradientTransformation`` wrapped in ``optax.inject_hyperparams``, so
+each numeric hyperparameter lives in the optimiser *state*. One compiled program then serves every
+value: :func:`gdjax.sweep` gives the state a leading config axis instead of recompiling per value.
+Anywhere a name is accepted, any optax transformation (or ``optax.chain``) is accepted too.
+
+==========  ===================================  ============================================
+name        update (``g`` gradient, ``eta`` lr)  differences from PyTorch's optimiser
+==========  ===================================  ============================================
+sgd         ``x -= eta g``                       none
+momentum    ``v = mu v + g; x -= eta v``         none (``torch.optim.SGD(momentum=mu)``)
+nesterov    ``v = mu v + g; x -= eta (g + mu v)`` none (``SGD(momentum=mu, nesterov=True)``)
+adagrad     ``G += g^2; x -= eta g / sqrt(G+e)``  optax starts ``G`` at 0.1 (torch at 0) and
+                                                 adds ``eps`` inside the square root
+                                                 (torch: ``sqrt(G) + eps``, eps 1e-10)
+rmsprop     ``G = d G + (1-d) g^2``              optax's ``decay`` default is 0.9 (torch's
+            ``x -= eta g / sqrt(G + e)``         ``alpha`` 0.99) and ``eps`` sits inside the
+                                                 square root (torch: ``sqrt(G) + eps``)
+adam        Kingma & Ba (2015)                   none at the defaults (``eps`` outside the root)
+adamw       Loshchilov & Hutter (2019)           optax's ``weight_decay`` default is 1e-4
+                                                 (torch's 1e-2); decay is scaled by ``eta``
+==========  ===================================  ============================================
+
+References:
+  Polyak (1964), heavy-ball momentum. Nesterov (1983). Duchi et al. (2011), Adagrad.
+  Tieleman & Hinton (2012), RMSProp. Kingma & Ba, Adam, https://arxiv.org/abs/1412.6980.
+  Loshchilov & Hutter, AdamW, https://arxiv.org/abs/1711.05101.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Callable, Mapping
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+
+class _Spec(NamedTuple):
+    factory: Callable[..., optax.GradientTransformation]
+    defaults: Mapping[str, float]  # every numeric hyperparameter, learning_rate first
+    fixed: Mapping[str, Any]  # structural arguments that are not hyperparameters
+
+
+_SPECS: dict[str, _Spec] = {
+    "sgd": _Spec(optax.sgd, {"learning_rate": 0.01}, {}),
+    "momentum": _Spec(optax.sgd, {"learning_rate": 0.01, "momentum": 0.9}, {}),
+    "nesterov": _Spec(optax.sgd, {"learning_rate": 0.01, "momentum": 0.9}, {"nesterov": True}),
+    "adagrad": _Spec(
+        optax.adagrad,
+        {"learning_rate": 0.1, "initial_accumulator_value": 0.1, "eps": 1e-7},
+        {},
+    ),
+    "rmsprop": _Spec(optax.rmsprop, {"learning_rate": 0.01, "decay": 0.9, "eps": 1e-8}, {}),
+    "adam": _Spec(optax.adam, {"learning_rate": 1e-3, "b1": 0.9, "b2": 0.999, "eps": 1e-8}, {}),
+    "adamw": _Spec(
+        optax.adamw,
+        {"learning_rate": 1e-3, "b1": 0.9, "b2": 0.999, "eps": 1e-8, "weight_decay": 1e-4},
+        {},
+    ),
+}
+
+OPTIMIZERS: tuple[str, ...] = tuple(_SPECS)
+"""The names :func:`optimizer` knows."""
+
+# Hyperparameters that must be > 0; the rest must be >= 0 (momentum and the betas also < 1).
+_POSITIVE = {"learning_rate", "eps"}
+_BELOW_ONE = {"momentum", "b1", "b2", "decay"}
+
+
+def optimizer(name: str, **hyperparameters: Any) -> optax.GradientTransformation:
+    """An optax optimiser by name, every numeric hyperparameter injectable.
+
+    Args:
+      name: one of :data:`OPTIMIZERS`: ``sgd``, ``momentum`` (heavy ball), ``nesterov``,
+        ``adagrad``, ``rmsprop``, ``adam``, ``adamw``.
+      **hyperparameters: overrides of the defaults (see :func:`hyperparameters`);
+        ``learning_rate`` may also be an optax schedule ``step -> lr``.
+
+    Returns:
+      ``optax.inject_hyperparams(factory)(**values)``; its state has a ``hyperparams`` dict.
+
+    Raises:
+      ValueError: unknown name, unknown hyperparameter or out-of-range value.
+
+    Example:
+      >>> import gdjax, jax.numpy as jnp
+      >>> tx = gdjax.optimizer("momentum", learning_rate=0.1, momentum=0.5)
+      >>> state = tx.init(jnp.zeros(2))
+      >>> float(state.hyperparams["momentum"])
+      0.5
+    """
+    spec = _spec(name)
+    values = {**spec.defaults, **_checked(name, hyperparameters)}
+    return optax.inject_hyperparams(spec.factory)(**values, **spec.fixed)
+
+
+def hyperparameters(name: str) -> dict[str, float]:
+    """The numeric hyperparameters of a named optimiser with their default values."""
+    return dict(_spec(name).defaults)
+
+
+def resolve(
+    opt: str | optax.GradientTransformation, params: Any, hyperparameters: Mapping[str, Any]
+) -> tuple[optax.GradientTransformation, Any]:
+    """A transformation and its initial state, with hyperparameters placed in the state.
+
+    For a name, the transformation is cached per name (and per schedule object), so repeated calls
+    with new numeric values reuse one compiled program: the values travel in the returned state.
+    A user's transformation is used as it is; hyperparameters are then set in its state, which
+    must come from ``optax.inject_hyperparams``.
+    """
+    if isinstance(opt, str):
+        hyperparameters = _checked(opt, hyperparameters)
+        schedules = {k: v for k, v in hyperparameters.items() if callable(v)}
+        numbers = {k: v for k, v in hyperparameters.items() if not callable(v)}
+        tx = _cached(opt, tuple(sorted(schedules.items(), key=lambda kv: kv[0])))
+        return tx, set_hyperparameters(tx.init(params), numbers)
+    if not isinstance(opt, optax.GradientTransformation):
+        raise TypeError(
+            "optimizer must be a name or an optax.GradientTransformation, got "
+            f"optimizer={opt!r} of type {type(opt).__name__}"
+        )
+    return opt, set_hyperparameters(opt.init(params), hyperparameters)
+
+
+def injectable_names(opt: str | optax.GradientTransformation, params: Any) -> tuple[str, ...]:
+    """Names of the hyperparameters that live in the optimiser's state (sweepable)."""
+    if isinstance(opt, str):
+        return tuple(_spec(opt).defaults)
+    state = jax.eval_shape(opt.init, params)
+    return tuple(getattr(state, "hyperparams", {}))
+
+
+def set_hyperparameters(state: Any, values: Mapping[str, Any]) -> Any:
+    """A copy of an ``inject_hyperparams`` state with some hyperparameters replaced.
+
+    Traceable: ``values`` may be traced (a sweep vmaps over them).
+    """
+    if not values:
+        return state
+    known = getattr(state, "hyperparams", None)
+    if not isinstance(known, Mapping):
+        raise ValueError(
+            f"cannot set hyperparameters {sorted(values)}: the optimizer's state has no "
+            "injected hyperparameters; wrap it in optax.inject_hyperparams or pass a name from "
+            f"{list(OPTIMIZERS)}"
+        )
+    unknown = sorted(set(values) - set(known))
+    if unknown:
+        raise ValueError(
+            f"unknown hyperparameter(s) {unknown}; this optimizer has {sorted(known)}"
+        )
+    new = dict(known)
+    for k, v in values.items():
+        new[k] = jnp.asarray(v, dtype=jnp.result_type(known[k]))
+    return state._replace(hyperparams=new)
+
+
+def _spec(name: str) -> _Spec:
+    if not isinstance(name, str) or name not in _SPECS:
+        raise ValueError(f"unknown optimizer {name!r}; known optimizers: {', '.join(OPTIMIZERS)}")
+    return _SPECS[name]
+
+
+def _checked(name: str, hyperparameters: Mapping[str, Any]) -> dict[str, Any]:
+    spec = _spec(name)
+    unknown = sorted(set(hyperparameters) - set(spec.defaults))
+    if unknown:
+        raise ValueError(
+            f"unknown hyperparameter(s) {unknown} for optimizer {name!r}; "
+            f"it has {list(spec.defaults)}"
+        )
+    out = {}
+    for k, v in hyperparameters.items():
+        if v is None:
+            continue
+        if not callable(v) and _is_concrete_scalar(v):
+            _check_range(k, float(v))
+        out[k] = v
+    return out
+
+
+def _is_concrete_scalar(v: Any) -> bool:
+    try:
+        return jnp.ndim(v) == 0 and not isinstance(v, jax.core.Tracer)
+    except TypeError:
+        return False
+
+
+def _check_range(k: str, v: float) -> None:
+    if not math.isfinite(v):
+        raise ValueError(f"{k} must be finite, got {k}={v}")
+    if k in _POSITIVE and v <= 0:
+        raise ValueError(f"{k} must be positive, got {k}={v}")
+    if v < 0:
+        raise ValueError(f"{k} must be non-negative, got {k}={v}")
+    if k in _BELOW_ONE and v >= 1:
+        raise ValueError(f"{k} must be in [0, 1), got {k}={v}")
+
+
+@functools.lru_cache(maxsize=256)
+def _cached(name: str, schedules: tuple[tuple[str, Callable], ...]) -> optax.GradientTransformation:
+    return optimizer(name, **dict(schedules))
