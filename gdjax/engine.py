@@ -128,7 +128,7 @@ def _step(
     ftol: jax.Array,
 ) -> _Carry:
     running = c.status == RUNNING
-    at_gtol = running & (optax.global_norm(c.grad) <= gtol)
+    at_gtol = running & (optax.tree.norm(c.grad) <= gtol)
     moving = running & ~at_gtol
 
     updates, opt_state = tx.update(c.grad, c.opt_state, c.params)
@@ -188,7 +188,8 @@ def run(
       aux: pytree handed to ``value_and_grad`` at every step.
       opt_state: the optimiser state to start from; ``tx.init(params)`` when ``None`` (a sweep
         passes states whose injected hyperparameters differ per config).
-      record_every: record every this many steps (static); the final state is always recorded.
+      record_every: record every this many steps (static), at steps ``0, k, 2k, ...``; the final
+        state is always recorded too.
       gtol: converged once the gradient's global norm is ``<= gtol``; ``None`` disables it.
       ftol: converged once one update changes the loss by ``<= ftol``; ``None`` disables it.
       record_params: also record the parameters (e.g. for trajectory plots).
@@ -222,7 +223,7 @@ def run(
         return (
             c.t,
             c.loss,
-            optax.global_norm(c.grad),
+            optax.tree.norm(c.grad),
             c.params if record_params else None,
             None if record_fn is None else record_fn(c.params),
         )
@@ -234,17 +235,19 @@ def run(
 
     n_records, tail = divmod(steps, record_every)
     carry, records = lax.scan(record_then_advance, carry, length=n_records)
+    extra = []
     if tail:
+        extra.append(snapshot(carry))
         carry, _ = lax.scan(one_step, carry, length=tail)
-    last = snapshot(carry)
-    records = jax.tree.map(lambda rs, r: jnp.concatenate([rs, r[None]]), records, last)
+    extra.append(snapshot(carry))
+    records = jax.tree.map(lambda rs, *r: jnp.concatenate([rs, jnp.stack(r)]), records, *extra)
     history = History(*records)
 
     status = jnp.where(carry.status == RUNNING, MAX_STEPS, carry.status).astype(jnp.int32)
     return Run(
         params=carry.params,
         loss=carry.loss,
-        grad_norm=optax.global_norm(carry.grad),
+        grad_norm=optax.tree.norm(carry.grad),
         best_loss=carry.best_loss,
         status=status,
         steps=carry.steps,

@@ -1,0 +1,356 @@
+"""The descent engine, gradient_descent and minimize against closed forms and optax's own loop."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from gdjax import descent, engine, functions, optimizers
+from gdjax.descent import gradient_descent, minimize
+
+
+def seed_numerical_gradient(f, x):
+    # The seed's code, verbatim (../shared/seed/gradient-descent-notes.ko.txt).
+    h = 1e-4
+    grad = np.zeros_like(x)
+    for idx in range(x.size):
+        tmp_val = x[idx]
+        x[idx] = tmp_val + h
+        fxh1 = f(x)
+        x[idx] = tmp_val - h
+        fxh2 = f(x)
+        grad[idx] = (fxh1 - fxh2) / (2 * h)
+        x[idx] = tmp_val
+    return grad
+
+
+def seed_gradient_descent(f, init_x, lr=0.01, step_num=100):
+    x = init_x
+    for _ in range(step_num):
+        grad = seed_numerical_gradient(f, x)
+        x -= lr * grad
+    return x
+
+
+def function_2(x):
+    return x[0] ** 2 + x[1] ** 2
+
+
+# --- the seed's example -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("grad", ["numerical", "autodiff"])
+def test_seed_example_printed_output(grad):
+    init_x = np.array([-3.0, 4.0])
+    x = gradient_descent(function_2, init_x=init_x, lr=0.1, step_num=100, grad=grad)
+    # The seed prints array([-6.11110793e-10, 8.14814391e-10]).
+    assert np.array2string(x, precision=8) == "[-6.11110793e-10  8.14814391e-10]"
+    assert x.dtype == np.float64
+    np.testing.assert_array_equal(init_x, [-3.0, 4.0])  # unlike the seed, not modified
+
+
+# Same estimator, same float64 formula; not bit-for-bit because XLA contracts ``a*a + b*b`` inside
+# the user's f into fused multiply-adds, which NumPy does not: about 1e-12 relative after 100 steps.
+
+
+def test_seed_example_equal_to_seed_code():
+    expected = seed_gradient_descent(function_2, np.array([-3.0, 4.0]), lr=0.1, step_num=100)
+    x = gradient_descent(function_2, np.array([-3.0, 4.0]), lr=0.1, step_num=100, grad="numerical")
+    np.testing.assert_allclose(x, expected, rtol=1e-10)
+
+
+def test_seed_on_a_cubic():
+    f = lambda x: x[0] ** 3 / 3 + x[0] * x[1] + 2 * x[1] ** 2 + x[2] ** 2
+    init = np.array([0.7, -0.4, 1.5])
+    expected = seed_gradient_descent(f, init.copy(), lr=0.05, step_num=40)
+    x = gradient_descent(f, init, lr=0.05, step_num=40, grad="numerical")
+    np.testing.assert_allclose(x, expected, rtol=1e-10)
+
+
+# --- closed forms -------------------------------------------------------------------------------
+
+
+def test_gd_on_quadratic_matches_closed_form_every_step():
+    a, eta, x0 = 3.0, 0.1, 2.5
+    with jax.enable_x64(True):
+        res = minimize(
+            lambda x: 0.5 * a * jnp.sum(x**2), jnp.array([x0]), "sgd",
+            learning_rate=eta, steps=50, record_params=True,
+        )
+        k = np.arange(51)
+        np.testing.assert_allclose(res.history.step, k)
+        np.testing.assert_allclose(res.history.params[:, 0], (1 - eta * a) ** k * x0, rtol=1e-12)
+
+
+def _float32_divergence_step(a, eta, x0, steps):
+    """Independent oracle: the seed-style loop in NumPy float32; first step with inf loss."""
+    x = np.float32(x0)
+    with np.errstate(over="ignore", invalid="ignore"):
+        for k in range(1, steps + 1):
+            x = np.float32(x - np.float32(eta) * (np.float32(a) * x))
+            loss = np.float32(0.5) * np.float32(a) * x * x
+            if not np.isfinite(loss):
+                return k
+    return None
+
+
+def test_gd_diverges_exactly_above_two_over_a():
+    a = 4.0
+    etas = [0.05, 0.2, 0.4, 0.45, 0.48, 0.52, 0.55, 0.7, 1.0, 2.0]  # boundary 2/a = 0.5
+    f = lambda x: 0.5 * a * jnp.sum(x**2)
+    for eta in etas:
+        res = minimize(f, jnp.array([1.0]), "sgd", learning_rate=eta, steps=3000, tol=1e-5)
+        if eta > 2 / a:
+            assert res.status == "diverged", eta
+            assert res.diverged_at == _float32_divergence_step(a, eta, 1.0, 3000), eta
+            assert res.steps == res.diverged_at - 1
+            assert np.isfinite(res.loss) and np.all(np.isfinite(res.params))
+        else:
+            assert res.status == "converged", eta
+            assert res.diverged_at is None
+
+
+def _spectral_radius(matrices):
+    return max(np.max(np.abs(np.linalg.eigvals(m))) for m in matrices)
+
+
+@pytest.mark.parametrize("name", ["momentum", "nesterov"])
+def test_momentum_rates_on_quadratic_with_known_condition_number(name):
+    mu, L = 1.0, 100.0  # condition number 100
+    lam = np.array([mu, 3.0, 10.0, 50.0, L])
+    if name == "momentum":  # Polyak's optimal heavy ball
+        eta = 4 / (np.sqrt(L) + np.sqrt(mu)) ** 2
+        beta = ((np.sqrt(L) - np.sqrt(mu)) / (np.sqrt(L) + np.sqrt(mu))) ** 2
+        # optax form: v' = g + beta v; x' = x - eta v'
+        mats = [np.array([[1 - eta * l, -eta * beta], [l, beta]]) for l in lam]
+        optimal = (np.sqrt(L) - np.sqrt(mu)) / (np.sqrt(L) + np.sqrt(mu))
+    else:  # Nesterov with eta = 1/L
+        eta = 1 / L
+        beta = (np.sqrt(L) - np.sqrt(mu)) / (np.sqrt(L) + np.sqrt(mu))
+        # optax form: v' = g + beta v; x' = x - eta (g + beta v')
+        mats = [np.array([[1 - eta * (1 + beta) * l, -eta * beta**2], [l, beta]]) for l in lam]
+        optimal = 1 - np.sqrt(mu / L)
+    rho = _spectral_radius(mats)
+    assert rho <= optimal * 1.001  # the theory's rate (a Jordan block may sit exactly on it)
+    assert rho < (L - mu) / (L + mu)  # beats plain GD's best rate
+
+    with jax.enable_x64(True):
+        f = lambda x: 0.5 * jnp.sum(lam * x**2)
+        res = minimize(
+            f, jnp.ones(5), name, learning_rate=eta, momentum=beta, steps=400,
+            record_params=True,
+        )
+        norms = np.linalg.norm(np.asarray(res.history.params), axis=1)
+    k1, k2 = 200, 400
+    measured = (norms[k2] / norms[k1]) ** (1 / (k2 - k1))
+    assert measured == pytest.approx(rho, rel=0.02)
+
+
+OPTIMIZER_TABLE = {
+    # name: {problem: (learning_rate, steps)}
+    "sgd": {"sphere": (0.1, 300), "rosenbrock": (2e-3, 20000), "beale": (1e-2, 20000)},
+    "momentum": {"sphere": (0.1, 300), "rosenbrock": (1e-3, 20000), "beale": (2e-3, 20000)},
+    "nesterov": {"sphere": (0.1, 300), "rosenbrock": (1e-3, 20000), "beale": (2e-3, 20000)},
+    "adagrad": {"sphere": (0.5, 2000), "rosenbrock": (0.3, 20000), "beale": (0.3, 20000)},
+    "rmsprop": {"sphere": (1e-2, 2000), "rosenbrock": (1e-3, 20000), "beale": (1e-3, 20000)},
+    "adam": {"sphere": (0.1, 2000), "rosenbrock": (2e-2, 20000), "beale": (2e-2, 20000)},
+    "adamw": {"sphere": (0.1, 2000), "rosenbrock": (2e-2, 20000), "beale": (2e-2, 20000)},
+}
+
+
+@pytest.mark.parametrize("name", optimizers.OPTIMIZERS)
+def test_every_named_optimizer_converges_on_standard_problems(name):
+    for problem, (lr, steps) in OPTIMIZER_TABLE[name].items():
+        fn = functions.get(problem)
+        start = jnp.asarray(fn.start, jnp.float32)
+        extra = {"weight_decay": 0.0} if name == "adamw" else {}
+        res = minimize(fn, start, name, learning_rate=lr, steps=steps, record_every=1000, **extra)
+        assert res.status != "diverged", (name, problem)
+        gap = np.asarray(fn.minimizers) - np.asarray(res.params)
+        distance = np.min(np.linalg.norm(gap, axis=1))
+        assert distance < 2e-2, (name, problem, res)
+
+
+# --- equals optax's own loop --------------------------------------------------------------------
+
+
+def _optax_loop(f, tx, x, steps):
+    state = tx.init(x)
+    xs = [x]
+    for _ in range(steps):
+        g = jax.grad(f)(x)
+        u, state = tx.update(g, state, x)
+        x = optax.apply_updates(x, u)
+        xs.append(x)
+    return jnp.stack(xs)
+
+
+@pytest.mark.parametrize(
+    "name, reference",
+    [
+        ("sgd", lambda: optax.sgd(0.01)),
+        ("momentum", lambda: optax.sgd(0.01, momentum=0.9)),
+        ("nesterov", lambda: optax.sgd(0.01, momentum=0.9, nesterov=True)),
+        ("adagrad", lambda: optax.adagrad(0.1)),
+        ("rmsprop", lambda: optax.rmsprop(0.01)),
+        ("adam", lambda: optax.adam(1e-3)),
+        ("adamw", lambda: optax.adamw(1e-3)),
+    ],
+)
+def test_trajectory_equals_hand_written_optax_loop(name, reference):
+    # Agreement to 1e-9, not bitwise: XLA fuses the jitted loop into multiply-adds.
+    f = functions.himmelblau
+    with jax.enable_x64(True):
+        x0 = jnp.array([0.5, -0.5])
+        expected = _optax_loop(f, reference(), x0, 60)
+        res = minimize(f, x0, name, steps=60, record_params=True)  # gdjax's defaults
+        assert res.status == "max_steps"
+        np.testing.assert_allclose(res.history.params, expected, rtol=1e-9, atol=1e-12)
+
+
+def test_user_transform_and_schedule_are_accepted():
+    f = functions.rosenbrock
+    schedule = optax.exponential_decay(1e-2, transition_steps=10, decay_rate=0.9)
+    with jax.enable_x64(True):
+        x0 = jnp.array([-1.2, 1.0])
+        expected = _optax_loop(f, optax.chain(optax.clip(1.0), optax.adam(schedule)), x0, 40)
+        res = minimize(f, x0, optax.chain(optax.clip(1.0), optax.adam(schedule)), steps=40,
+                       record_params=True)
+        np.testing.assert_allclose(res.history.params, expected, rtol=1e-8)
+        res2 = minimize(f, x0, "adam", learning_rate=schedule, steps=40, record_params=True)
+        np.testing.assert_allclose(
+            res2.history.params, _optax_loop(f, optax.adam(schedule), x0, 40), rtol=1e-8
+        )
+
+
+def test_jit_equals_eager():
+    f = functions.himmelblau
+    source = engine.autodiff(f)
+    kw = dict(steps=12, record_every=5, gtol=1e-6)
+    with jax.enable_x64(True):
+        tx = optimizers.optimizer("adam", learning_rate=1e-2)
+        x0 = jnp.array([0.5, -0.5])
+        jitted = jax.jit(lambda x: engine.run(source, tx, x, **kw))(x0)
+        with jax.disable_jit():
+            eager = engine.run(source, tx, x0, **kw)
+    for a, b in zip(jax.tree.leaves(jitted), jax.tree.leaves(eager), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-12)
+
+
+def test_new_hyperparameter_values_do_not_recompile():
+    f = lambda x: jnp.sum((x - 1.0) ** 2)
+    minimize(f, jnp.zeros(3), "momentum", learning_rate=0.1, steps=20)
+    before = descent._run._cache_size()
+    for lr, mom in [(0.2, 0.5), (0.05, 0.0), (0.3, 0.95)]:
+        minimize(f, jnp.zeros(3), "momentum", learning_rate=lr, momentum=mom, steps=20)
+    assert descent._run._cache_size() == before
+
+
+def test_new_hyperparameter_values_take_effect():
+    f = lambda x: 0.5 * jnp.sum(x**2)
+    a = minimize(f, jnp.ones(1), "sgd", learning_rate=0.1, steps=3)
+    b = minimize(f, jnp.ones(1), "sgd", learning_rate=0.5, steps=3)
+    np.testing.assert_allclose(a.params, 0.9**3, rtol=1e-6)
+    np.testing.assert_allclose(b.params, 0.5**3, rtol=1e-6)
+
+
+# --- status, tolerance, history -----------------------------------------------------------------
+
+
+def test_tolerances_mark_converged_and_stop_changing():
+    f = lambda x: 0.5 * jnp.sum(x**2)
+    res = minimize(f, jnp.ones(2), "sgd", learning_rate=0.5, steps=100, tol=1e-3)
+    # grad norm = sqrt(2) * 0.5^k <= 1e-3  <=>  k >= 11
+    assert res.status == "converged" and res.steps == 11
+    np.testing.assert_allclose(res.params, 0.5**11, rtol=1e-6)
+    res = minimize(f, jnp.ones(2), "sgd", learning_rate=0.5, steps=100, ftol=1e-4)
+    # loss change 0.75 * 0.25^(k-1) <= 1e-4  <=>  k >= 8
+    assert res.status == "converged" and res.steps == 8
+    res = minimize(f, jnp.ones(2), "sgd", learning_rate=0.5, steps=5)
+    assert res.status == "max_steps" and res.steps == 5
+
+
+def test_decimated_history_steps_and_values():
+    f = lambda x: 0.5 * jnp.sum(x**2)
+    res = minimize(f, jnp.ones(1), "sgd", learning_rate=0.5, steps=23, record_every=5)
+    np.testing.assert_array_equal(res.history.step, [0, 5, 10, 15, 20, 23])
+    np.testing.assert_allclose(res.history.loss, 0.5 * 0.25 ** res.history.step, rtol=1e-6)
+    np.testing.assert_allclose(res.history.grad_norm, 0.5 ** res.history.step, rtol=1e-6)
+    assert float(res.loss) == pytest.approx(0.5 * 0.25**23, rel=1e-5)
+
+
+def test_nan_start_is_a_status_not_an_exception():
+    res = minimize(lambda x: jnp.sum(x**2), jnp.array([jnp.nan, 1.0]), "adam", steps=10)
+    assert res.status == "diverged" and res.diverged_at == 0 and res.steps == 0
+
+
+def test_nan_in_the_middle_freezes_the_last_finite_state():
+    f = lambda x: jnp.sum(jnp.sqrt(x))  # steps below zero give NaN
+    res = minimize(f, jnp.array([1.0]), "sgd", learning_rate=0.4, steps=50, record_params=True)
+    assert res.status == "diverged"
+    k = res.diverged_at
+    assert np.all(np.isfinite(res.history.params))
+    assert float(res.params[0]) > 0
+    # the run stopped changing after the last finite step
+    frozen = np.asarray(res.history.params)[k:, 0]
+    np.testing.assert_array_equal(frozen, frozen[0])
+
+
+def test_numerical_grad_minimize_agrees_with_autodiff():
+    f = functions.rosenbrock
+    with jax.enable_x64(True):
+        x0 = jnp.array([-1.2, 1.0])
+        a = minimize(f, x0, "adam", learning_rate=1e-2, steps=200, grad="numerical")
+        b = minimize(f, x0, "adam", learning_rate=1e-2, steps=200)
+        np.testing.assert_allclose(a.params, b.params, rtol=1e-6)
+
+
+def test_pytree_params():
+    f = lambda p: jnp.sum((p["w"] - 2.0) ** 2) + (p["b"][0] + 1.0) ** 2
+    res = minimize(f, {"w": jnp.zeros((2, 2)), "b": (jnp.zeros(()),)}, "adam",
+                   learning_rate=0.1, steps=500, tol=1e-4)
+    assert res.status == "converged"
+    np.testing.assert_allclose(res.params["w"], 2.0, atol=1e-3)
+    np.testing.assert_allclose(res.params["b"][0], -1.0, atol=1e-3)
+
+
+# --- bad input ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, match",
+    [
+        (dict(steps=0), ValueError, "steps must be a positive integer, got steps=0"),
+        (dict(steps=2.5), ValueError, "steps=2.5"),
+        (dict(record_every=-1), ValueError, "record_every=-1"),
+        (dict(optimizer="adamax"), ValueError, "unknown optimizer 'adamax'.*sgd, momentum"),
+        (dict(learning_rate=-0.1), ValueError, "learning_rate must be positive.*=-0.1"),
+        (dict(learning_rate=float("nan")), ValueError, "learning_rate must be finite"),
+        (dict(momentum=0.9), ValueError, "unknown hyperparameter.*momentum.*'adam'"),
+        (dict(optimizer="momentum", momentum=1.5), ValueError, r"momentum must be in \[0, 1\)"),
+        (dict(tol=-1.0), ValueError, "tol must be finite and >= 0, got tol=-1.0"),
+        (dict(grad="fd"), ValueError, "grad must be one of.*got grad='fd'"),
+        (dict(optimizer=42), TypeError, "optimizer must be a name or an optax"),
+    ],
+)
+def test_bad_arguments(kwargs, error, match):
+    kwargs = {"optimizer": "adam", **kwargs}
+    opt = kwargs.pop("optimizer")
+    with pytest.raises(error, match=match):
+        minimize(lambda x: jnp.sum(x**2), jnp.ones(2), opt, **kwargs)
+
+
+def test_bad_objectives_and_starts():
+    with pytest.raises(ValueError, match="f must return a scalar, got output of shape \\(2,\\)"):
+        minimize(lambda x: x**2, jnp.ones(2))
+    with pytest.raises(TypeError, match="x0 must hold floating-point arrays.*int32"):
+        minimize(lambda x: jnp.sum(x**2), jnp.array([1, 2]))
+    with pytest.raises(ValueError, match="x0 must contain at least one array"):
+        minimize(lambda x: 0.0, {})
+    with pytest.raises(ValueError, match="x0 must not hold empty arrays"):
+        minimize(lambda x: jnp.sum(x), jnp.zeros(0))
+    with pytest.raises(TypeError, match="f must be callable"):
+        minimize("rosenbrock", jnp.ones(2))
+    with pytest.raises(ValueError, match="hyperparameters.*inject_hyperparams"):
+        minimize(lambda x: jnp.sum(x**2), jnp.ones(2), optax.adam(0.1), momentum=0.5)
