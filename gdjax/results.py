@@ -1,0 +1,426 @@
+"""The result of a sweep: per-config arrays, the grid that produced them, tables and files.
+
+A :class:`SweepResult` holds NumPy arrays with a leading config axis (one entry per config of the
+grid, in grid order) and answers the usual questions: which config is best (:meth:`~SweepResult.
+best`), how many converged or diverged (:meth:`~SweepResult.counts`), what a config's grid values
+were (:meth:`~SweepResult.config`). It prints as a rich table and saves to CSV (one row per config)
+and JSON (everything, history included). Both files reload exactly: floats are written with
+Python's shortest round-trip ``repr``, so every number read back equals the one written.
+
+Example:
+  >>> import numpy as np, gdjax.results as R
+  >>> res = R.SweepResult(
+  ...     grid={"learning_rate": np.array([0.1, 1.5])},
+  ...     params=np.array([[1e-6], [3.0]], np.float32),
+  ...     final_loss=np.array([5e-13, 4.5], np.float32),
+  ...     best_loss=np.array([5e-13, 0.5], np.float32),
+  ...     grad_norm=np.array([1e-6, 3.0], np.float32), status=np.array(["converged", "diverged"]),
+  ...     steps=np.array([40, 12]), diverged_at=np.array([-1, 13]))
+  >>> res.counts()
+  {'converged': 1, 'max_steps': 0, 'diverged': 1}
+  >>> res.best().index, res.config(1)
+  (0, {'learning_rate': 1.5})
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import math
+import os
+import re
+from typing import Any, NamedTuple
+
+import jax
+import numpy as np
+from rich.table import Table
+
+from gdjax.engine import STATUS_NAMES, History
+
+PyTree = Any
+
+STATUSES = STATUS_NAMES[1:]
+"""The statuses a finished config can have: ``converged``, ``max_steps``, ``diverged``."""
+
+_SCALARS = ("final_loss", "best_loss", "grad_norm", "status", "steps", "diverged_at")
+_FORMAT = "gdjax.SweepResult"
+
+
+class Best(NamedTuple):
+    """The best finite config of a sweep (see :meth:`SweepResult.best`).
+
+    Attributes:
+      index: its position in the sweep.
+      config: its grid values, ``{axis: value}``.
+      loss: its final loss.
+      params: its final parameters.
+    """
+
+    index: int
+    config: dict[str, Any]
+    loss: float
+    params: PyTree
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class SweepResult:
+    """Per-config outcomes of a sweep, all with a leading config axis of length ``len(result)``.
+
+    Attributes:
+      grid: axis name -> per-config values: a 1-D array for a hyperparameter, ``seed`` or
+        ``batch_size``; for ``x0`` the starts, a pytree like the start with a leading config axis.
+        Randomly drawn axes hold the values drawn.
+      params: final parameters, a pytree with a leading config axis (the last finite ones for a
+        diverged config).
+      final_loss: loss at ``params`` (for ``fit``-style sweeps the mean loss over the whole data).
+      best_loss: smallest loss seen along the run (the mini-batch loss for ``fit``-style sweeps).
+      grad_norm: gradient norm at ``params``.
+      status: str per config: ``"converged"``, ``"max_steps"`` or ``"diverged"``.
+      steps: updates applied.
+      diverged_at: the step whose update produced a non-finite value, or -1.
+      history: the decimated :class:`gdjax.engine.History`, every field with a leading config axis
+        (``history.step`` is ``(C, R)``: configs with different batch sizes record at different
+        steps); ``None`` when read back from CSV.
+    """
+
+    grid: dict[str, Any]
+    params: PyTree
+    final_loss: np.ndarray
+    best_loss: np.ndarray
+    grad_norm: np.ndarray
+    status: np.ndarray
+    steps: np.ndarray
+    diverged_at: np.ndarray
+    history: History | None = None
+
+    def __len__(self) -> int:
+        return int(np.shape(self.final_loss)[0])
+
+    def config(self, i: int) -> dict[str, Any]:
+        """The grid values of config ``i``: Python scalars, and arrays (a pytree) for ``x0``.
+
+        Raises:
+          IndexError: ``i`` is not a config index.
+        """
+        i = self._index(i)
+        out = {}
+        for name, values in self.grid.items():
+            if name == "x0":
+                out[name] = jax.tree.map(lambda a: np.asarray(a[i]), values)
+            else:
+                out[name] = np.asarray(values)[i].item()
+        return out
+
+    def counts(self) -> dict[str, int]:
+        """How many configs ended with each status, every status listed (zeros included)."""
+        return {s: int(np.count_nonzero(self.status == s)) for s in STATUSES}
+
+    def best(self) -> Best:
+        """The config with the smallest finite final loss among those that did not diverge.
+
+        Raises:
+          ValueError: every config diverged or ended with a non-finite loss.
+        """
+        ok = (self.status != "diverged") & np.isfinite(self.final_loss)
+        if not ok.any():
+            raise ValueError(
+                f"no config has a finite final loss without diverging (counts: {self.counts()})"
+            )
+        i = int(np.flatnonzero(ok)[np.argmin(self.final_loss[ok])])
+        return Best(
+            index=i,
+            config=self.config(i),
+            loss=float(self.final_loss[i]),
+            params=jax.tree.map(lambda a: np.asarray(a[i]), self.params),
+        )
+
+    def table(self, top: int | None = None) -> Table:
+        """A rich table, one row per config: grid values, status, losses, steps.
+
+        Args:
+          top: show only the ``top`` configs by final loss (diverged ones last); all configs in
+            grid order when ``None``.
+
+        Returns:
+          A ``rich.table.Table``; print it with ``rich.print(result.table())``.
+        """
+        if top is None:
+            order = np.arange(len(self))
+        else:
+            if isinstance(top, bool) or not isinstance(top, int) or top < 1:
+                raise ValueError(f"top must be a positive integer or None, got top={top!r}")
+            key = np.where(self.status == "diverged", np.inf, self.final_loss.astype(float))
+            order = np.lexsort((np.arange(len(self)), np.nan_to_num(key, nan=np.inf)))[:top]
+        title = f"sweep: {len(self)} configs, " + ", ".join(
+            f"{n} {s}" for s, n in self.counts().items()
+        )
+        table = Table(title=title)
+        table.add_column("config", justify="right")
+        for name in self.grid:
+            table.add_column(name, justify="right")
+        for name in ("status", "final loss", "best loss", "steps", "diverged at"):
+            table.add_column(name, justify="right")
+        for i in order:
+            config = self.config(int(i))
+            cells = [str(int(i))] + [_cell(config[name]) for name in self.grid]
+            diverged = int(self.diverged_at[i])
+            cells += [
+                str(self.status[i]),
+                f"{float(self.final_loss[i]):.6g}",
+                f"{float(self.best_loss[i]):.6g}",
+                str(int(self.steps[i])),
+                "" if diverged < 0 else str(diverged),
+            ]
+            table.add_row(*cells)
+        return table
+
+    def __repr__(self) -> str:
+        counts = ", ".join(f"{n} {s}" for s, n in self.counts().items())
+        text = f"SweepResult({len(self)} configs: {counts}; axes {list(self.grid)}"
+        try:
+            best = self.best()
+        except ValueError:
+            return text + ")"
+        return text + f"; best final_loss={best.loss:.6g} at config {best.index})"
+
+    # --- files ---------------------------------------------------------------------------------
+
+    def to_csv(self, path: str | os.PathLike) -> None:
+        """Write one row per config: grid values, outcomes and final parameters.
+
+        Columns: ``config``, the grid axes, ``status``, ``final_loss``, ``best_loss``,
+        ``grad_norm``, ``steps``, ``diverged_at``, then the parameters. An array-valued leaf is
+        spread over one column per element, named ``<leaf>:<i>`` (``x0:0``, ``x0:1``,
+        ``params['w']:0:1``...). Floats are written with ``repr`` of their exact value, so
+        :meth:`from_csv` reads back equal numbers (as float64). History is not written: use
+        :meth:`to_json` for everything.
+        """
+        columns: dict[str, np.ndarray] = {"config": np.arange(len(self))}
+        for name, values in self.grid.items():
+            columns.update(_spread(name, values))
+        for name in _SCALARS:
+            columns[name] = np.asarray(getattr(self, name))
+        columns.update(_spread("params", self.params))
+        with open(path, "w", newline="") as fh:
+            writer = csv.writer(fh)
+            writer.writerow(columns)
+            cols = [_text_column(c) for c in columns.values()]
+            writer.writerows(zip(*cols, strict=True))
+
+    @classmethod
+    def from_csv(cls, path: str | os.PathLike) -> SweepResult:
+        """Read a file written by :meth:`to_csv`.
+
+        Every number equals the one written; floats come back as float64 and integers as int64.
+        A pytree of parameters comes back as a dict keyed by leaf path (``"['w']"``); a single
+        array keeps its shape. ``history`` is ``None``.
+        """
+        with open(path, newline="") as fh:
+            rows = list(csv.reader(fh))
+        header, body = rows[0], rows[1:]
+        if header[:1] != ["config"] or not set(_SCALARS) <= set(header):
+            raise ValueError(f"{os.fspath(path)!r} is not a gdjax sweep CSV (header {header[:8]})")
+        cols = {name: [row[j] for row in body] for j, name in enumerate(header)}
+        leaves: dict[str, dict[str, list[tuple[tuple[int, ...], list[str]]]]] = {}
+        plain: dict[str, list[str]] = {}
+        for name, col in cols.items():
+            base, leaf, index = _split_column(name)
+            if base in ("x0", "params"):
+                leaves.setdefault(base, {}).setdefault(leaf, []).append((index, col))
+            else:
+                plain[name] = col
+        grid_names = [n for n in header[1:] if n not in _SCALARS]
+        grid: dict[str, Any] = {}
+        for name in dict.fromkeys(_split_column(n)[0] for n in grid_names):
+            if name in ("x0",):
+                grid[name] = _gather(leaves[name], len(body))
+            elif name != "params":
+                grid[name] = _parse_column(plain[name])
+        return cls(
+            grid=grid,
+            params=_gather(leaves.get("params", {}), len(body)),
+            final_loss=_parse_column(plain["final_loss"]),
+            best_loss=_parse_column(plain["best_loss"]),
+            grad_norm=_parse_column(plain["grad_norm"]),
+            status=np.asarray(plain["status"], dtype=str),
+            steps=_parse_column(plain["steps"]),
+            diverged_at=_parse_column(plain["diverged_at"]),
+        )
+
+    def to_json(self, path: str | os.PathLike) -> None:
+        """Write everything (grid, outcomes, parameters, history) as JSON, exactly.
+
+        Arrays are stored with their dtype and shape; floats as ``repr`` numbers (shortest
+        round-trip), non-finite ones as the strings ``"nan"``, ``"inf"``, ``"-inf"`` so the file
+        is standard JSON. Pytrees may nest dicts (str keys), lists and tuples of arrays.
+
+        Raises:
+          TypeError: a pytree holds another kind of node (e.g. a NamedTuple); convert it to a dict.
+        """
+        doc = {
+            "format": _FORMAT,
+            "version": 1,
+            "grid": {name: _encode(values) for name, values in self.grid.items()},
+            "params": _encode(self.params),
+            **{name: _encode(getattr(self, name)) for name in _SCALARS},
+            "history": None
+            if self.history is None
+            else {f: _encode(getattr(self.history, f)) for f in History._fields},
+        }
+        with open(path, "w") as fh:
+            json.dump(doc, fh, allow_nan=False)
+
+    @classmethod
+    def from_json(cls, path: str | os.PathLike) -> SweepResult:
+        """Read a file written by :meth:`to_json`: an equal result, dtypes and structure kept."""
+        with open(path) as fh:
+            doc = json.load(fh)
+        if not isinstance(doc, dict) or doc.get("format") != _FORMAT:
+            raise ValueError(f"{os.fspath(path)!r} is not a gdjax sweep JSON file")
+        history = doc["history"]
+        return cls(
+            grid={name: _decode(v) for name, v in doc["grid"].items()},
+            params=_decode(doc["params"]),
+            **{name: _decode(doc[name]) for name in _SCALARS},
+            history=None
+            if history is None
+            else History(**{f: _decode(v) for f, v in history.items()}),
+        )
+
+    def _index(self, i: int) -> int:
+        n = len(self)
+        if isinstance(i, bool) or not isinstance(i, int | np.integer) or not -n <= i < n:
+            raise IndexError(f"config index must be an integer in [-{n}, {n}), got i={i!r}")
+        return int(i) % n
+
+
+def load(path: str | os.PathLike) -> SweepResult:
+    """Read a :class:`SweepResult` from a ``.json`` or ``.csv`` file (by its extension).
+
+    Raises:
+      ValueError: the extension is neither.
+    """
+    ext = os.path.splitext(os.fspath(path))[1].lower()
+    if ext == ".json":
+        return SweepResult.from_json(path)
+    if ext == ".csv":
+        return SweepResult.from_csv(path)
+    raise ValueError(f"path must end in .json or .csv, got path={os.fspath(path)!r}")
+
+
+# --- CSV helpers --------------------------------------------------------------------------------
+
+_COLUMN = re.compile(r"^(?P<base>x0|params)(?P<leaf>([\[.][^:]*)?)(?P<index>(:\d+)*)$")
+
+
+def _spread(name: str, tree: PyTree) -> dict[str, np.ndarray]:
+    """``name`` (a 1-D array) or one column per element of each leaf of a pytree."""
+    if name not in ("x0", "params"):
+        return {name: np.asarray(tree)}
+    out = {}
+    for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+        leaf = np.asarray(leaf)
+        prefix = name + jax.tree_util.keystr(path)
+        for index in np.ndindex(leaf.shape[1:]):
+            out[prefix + "".join(f":{k}" for k in index)] = leaf[(slice(None), *index)]
+    return out
+
+
+def _split_column(name: str) -> tuple[str, str, tuple[int, ...]]:
+    m = _COLUMN.match(name)
+    if m is None:
+        return name, "", ()
+    index = tuple(int(k) for k in m["index"].split(":")[1:])
+    return m["base"], m["leaf"], index
+
+
+def _gather(leaves: dict[str, list[tuple[tuple[int, ...], list[str]]]], n: int) -> PyTree:
+    """Columns back into arrays: one array for a bare leaf, else a dict keyed by leaf path."""
+    arrays = {}
+    for leaf, cols in leaves.items():
+        shape = tuple(max(idx[d] for idx, _ in cols) + 1 for d in range(len(cols[0][0])))
+        first = _parse_column(cols[0][1])
+        out = np.empty((n, *shape), dtype=first.dtype)
+        for idx, col in cols:
+            out[(slice(None), *idx)] = _parse_column(col)
+        arrays[leaf] = out
+    if list(arrays) == [""]:
+        return arrays[""]
+    return arrays or None
+
+
+def _text_column(values: np.ndarray) -> list[str]:
+    if values.dtype.kind == "f":
+        return [repr(float(v)) for v in values]
+    if values.dtype.kind in "iub":
+        return [str(int(v)) for v in values]
+    return [str(v) for v in values]
+
+
+def _parse_column(col: list[str]) -> np.ndarray:
+    try:
+        return np.asarray([int(v) for v in col], dtype=np.int64)
+    except ValueError:
+        return np.asarray([float(v) for v in col], dtype=np.float64)
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    if isinstance(value, np.ndarray):
+        return np.array2string(value, precision=4, separator=", ")
+    if isinstance(value, int):
+        return str(value)
+    return "(" + ", ".join(_cell(v) for v in jax.tree.leaves(value)) + ")"
+
+
+# --- JSON helpers -------------------------------------------------------------------------------
+
+
+def _encode(tree: PyTree) -> Any:
+    if tree is None:
+        return {"none": None}
+    if isinstance(tree, dict):
+        bad = [k for k in tree if not isinstance(k, str)]
+        if bad:
+            raise TypeError(f"cannot write a dict with non-str keys {bad!r} to JSON")
+        return {"dict": {k: _encode(v) for k, v in tree.items()}}
+    if isinstance(tree, list | tuple) and type(tree) in (list, tuple):
+        return {type(tree).__name__: [_encode(v) for v in tree]}
+    if isinstance(tree, np.ndarray | np.generic | jax.Array | int | float | bool | str):
+        a = np.asarray(tree)
+        flat = a.reshape(-1)
+        if a.dtype.kind == "f":
+            data = [_float(v) for v in flat.tolist()]
+        elif a.dtype.kind in "iub":
+            data = [int(v) for v in flat.tolist()]
+        elif a.dtype.kind == "U":
+            data = flat.tolist()
+        else:
+            raise TypeError(f"cannot write an array of dtype {a.dtype} to JSON")
+        dtype = a.dtype.str if a.dtype.kind == "U" else str(a.dtype)
+        return {"array": {"dtype": dtype, "shape": list(a.shape), "data": data}}
+    raise TypeError(
+        f"cannot write a pytree node of type {type(tree).__name__} to JSON; "
+        "use dicts, lists, tuples and arrays"
+    )
+
+
+def _float(v: float) -> float | str:
+    return v if math.isfinite(v) else repr(v)
+
+
+def _decode(doc: Any) -> PyTree:
+    (kind, body), = doc.items()
+    if kind == "none":
+        return None
+    if kind == "dict":
+        return {k: _decode(v) for k, v in body.items()}
+    if kind == "list":
+        return [_decode(v) for v in body]
+    if kind == "tuple":
+        return tuple(_decode(v) for v in body)
+    dtype = np.dtype(body["dtype"])
+    data = [float(v) for v in body["data"]] if dtype.kind == "f" else body["data"]
+    return np.asarray(data, dtype=dtype).reshape(body["shape"])
