@@ -106,8 +106,9 @@ def trajectories(
         cs = ax.contourf(xs, ys, zs, levels=levels, cmap="Greys_r", alpha=0.85)
     ax.contour(xs, ys, np.maximum(zs, cs.levels[0]), levels=cs.levels, colors="white",
                linewidths=0.3, alpha=0.6)
-    fig.colorbar(cs, ax=ax, label="f(x)" + (" (log scale)" if log_levels else ""),
-                 format="%.0e" if log_levels else None)
+    bar = fig.colorbar(cs, ax=ax, label="f(x)" + (" (log scale)" if log_levels else ""))
+    if log_levels:
+        bar.set_ticks([t for t in 10.0 ** np.arange(-12, 13) if lo <= t <= np.max(zs)])
 
     for i, (label, xy) in enumerate(curves.items()):
         color = _PALETTE[i % len(_PALETTE)]
@@ -152,7 +153,8 @@ def loss_curves(
         shown on a colour bar.
       label: name of that hyperparameter, for the colour bar.
       log_color: colour on a log scale (learning rates, batch sizes).
-      status: ``(C,)`` status strings; a diverged config's line is dashed and ends with a cross.
+      status: ``(C,)`` status strings; a diverged config's line is dashed, and a cross marks
+        where it leaves the top of the plot (set a little above every other line).
       minimum: the known minimum value ``f*``; when given, ``f - f*`` is drawn.
       xlabel: label of the x axis.
       ylabel: label of the y axis; ``"loss"`` (or ``"f(x) - f*"``) by default.
@@ -187,18 +189,31 @@ def loss_curves(
     fig, ax = _figure_and_axes(ax, (7.0, 4.6))
     norm = (colors.LogNorm if log_color else colors.Normalize)(values.min(), values.max())
     cmap = _matplotlib("colormaps")[0]["viridis"]
+    finite = losses[np.isfinite(losses)]
+    log_y = finite.size > 0 and bool(np.all(finite > 0))
+    diverged = status == "diverged"
+    # A diverged run climbs by tens of decades before it stops; the axis ends a little above the
+    # highest loss of the other runs and the start, and a cross marks where each run left it.
+    kept = losses[~diverged] if np.any(~diverged) else losses[:, :1]
+    ceiling = np.nanmax(np.concatenate([kept[np.isfinite(kept)], losses[:, 0]]))
+    top = ceiling * 100.0 if log_y else ceiling + 0.5 * abs(ceiling)
     for i in np.argsort(values):
         color = cmap(norm(values[i]))
-        diverged = status[i] == "diverged"
-        ax.plot(steps[i], losses[i], "--" if diverged else "-", color=color, lw=1.2, alpha=0.9)
-        if diverged:
-            ax.plot(steps[i, -1], losses[i, -1], "x", color="#d62728", ms=7, mew=2)
-    if np.all(losses[np.isfinite(losses)] > 0):
+        ax.plot(steps[i], losses[i], "--" if diverged[i] else "-", color=color, lw=1.2,
+                alpha=0.9)
+        if diverged[i]:
+            out = np.flatnonzero(~(losses[i] <= top))
+            j = out[0] if out.size else losses.shape[1] - 1
+            ax.plot(steps[i, j], min(losses[i, j], top), "x", color="#d62728", ms=7, mew=2,
+                    clip_on=False, zorder=5)
+    if log_y:
         ax.set_yscale("log")
+    if np.any(diverged):
+        ax.set_ylim(top=top)
     mappable = cm.ScalarMappable(norm=norm, cmap=cmap)
     ax.figure.colorbar(mappable, ax=ax, label=label)
     if np.any(status == "diverged"):
-        ax.plot([], [], "x--", color="#d62728", label="diverged (last finite loss)")
+        ax.plot([], [], "x--", color="#d62728", label="diverged (cross: where it left the plot)")
         ax.legend(loc="best", fontsize="small")
     default_ylabel = "loss" if minimum is None else "f(x) - f*"
     ax.set(xlabel=xlabel, ylabel=default_ylabel if ylabel is None else ylabel,
@@ -377,16 +392,20 @@ def basin_map(
         ax.plot(m[0], m[1], "*", color="white", mec="black", ms=16, zorder=5)
         share = np.mean(basin == i)
         handles.append(patches.Patch(color=palette[i],
-                                     label=f"({m[0]:.2f}, {m[1]:.2f}): {share:.0%}"))
+                                     label=f"({m[0]:.2f}, {m[1]:.2f}): {_percent(share)}"))
     for j, text in ((k, "other / not converged"), (k + 1, "diverged")):
         share = np.mean(basin == j)
         if share:
-            handles.append(patches.Patch(color=palette[j], label=f"{text}: {share:.0%}"))
+            handles.append(patches.Patch(color=palette[j], label=f"{text}: {_percent(share)}"))
     ax.legend(handles=handles, title="reached minimiser", fontsize="small", loc="upper left",
               bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0)
     ax.set(xlabel="start $x_1$", ylabel="start $x_2$", aspect="equal",
            title="basins of attraction" if title is None else title)
     return _finish(fig, path, dpi)
+
+
+def _percent(share: float) -> str:
+    return f"{share:.1%}" if 0 < share < 0.01 else f"{share:.0%}"
 
 
 def _matplotlib(*names: str) -> list[Any]:
