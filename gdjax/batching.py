@@ -29,7 +29,7 @@ import jax.numpy as jnp
 import optax
 
 from gdjax import engine, inputs, optimizers
-from gdjax.descent import Result
+from gdjax.descent import Result, pack
 
 PyTree = Any
 
@@ -157,23 +157,24 @@ def fit(
         data = jax.tree.map(jnp.asarray, data)
         first = jax.tree.map(lambda a: a[:batch_size], data)
         inputs.scalar_function("loss_fn", loss_fn, params, first)
-        tx, opt_state = optimizers.resolve(optimizer, params, hyperparameters)
+        tx, numbers = optimizers.prepare(optimizer, hyperparameters)
         indices = None
         if batch_size < n:
             indices = batch_schedule(jax.random.key(seed), n, batch_size, epochs)
-        run, loss = _fit(
-            params, opt_state, data, indices, tol, loss_fn=loss_fn, tx=tx, eval_fn=eval_fn,
+        packed = _fit(
+            params, numbers, data, indices, tol, loss_fn=loss_fn, tx=tx, eval_fn=eval_fn,
             steps=steps, record_every=record_every,
         )
-        return Result.from_run(run, loss=loss)
+        return Result.from_packed(packed, steps, record_every)
 
 
 @functools.partial(
     jax.jit, static_argnames=("loss_fn", "tx", "eval_fn", "steps", "record_every")
 )
-def _fit(params, opt_state, data, indices, tol, *, loss_fn, tx, eval_fn, steps, record_every):
+def _fit(params, numbers, data, indices, tol, *, loss_fn, tx, eval_fn, steps, record_every):
     run = engine.run(
-        batch_source(loss_fn), tx, params, steps=steps, aux=(data, indices), opt_state=opt_state,
-        record_every=record_every, gtol=tol, record_fn=eval_fn,
+        batch_source(loss_fn), tx, params, steps=steps, aux=(data, indices),
+        opt_state=optimizers.init_state(tx, params, numbers), record_every=record_every,
+        gtol=tol, record_fn=eval_fn,
     )
-    return run, loss_fn(run.params, data)
+    return pack(run, loss=loss_fn(run.params, data))

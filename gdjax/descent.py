@@ -10,6 +10,7 @@ from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import optax
 
@@ -49,16 +50,28 @@ class Result(NamedTuple):
     diverged_at: int | None
 
     @classmethod
-    def from_run(cls, run: engine.Run, loss: jax.Array | None = None) -> Result:
-        diverged_at = int(run.diverged_at)
+    def from_packed(cls, packed: tuple, steps: int, record_every: int) -> Result:
+        """A result from :func:`pack` 's output (a few arrays, cheap to return from ``jit``)."""
+        params, floats, ints, curves, history_params, metrics = packed
+        # One device-to-host copy each; indexing device arrays would dispatch once per element.
+        loss, grad_norm, best_loss = np.asarray(floats)
+        status, n_steps, diverged_at = (int(i) for i in np.asarray(ints))
+        curves = np.asarray(curves)
+        history = History(
+            step=engine.record_steps(steps, record_every),
+            loss=curves[0],
+            grad_norm=curves[1],
+            params=history_params,
+            metrics=metrics,
+        )
         return cls(
-            params=run.params,
-            loss=run.loss if loss is None else loss,
-            status=str(engine.status_names(run.status)),
-            steps=int(run.steps),
-            history=run.history,
-            best_loss=run.best_loss,
-            grad_norm=run.grad_norm,
+            params=params,
+            loss=loss,
+            status=engine.STATUS_NAMES[status],
+            steps=n_steps,
+            history=history,
+            best_loss=best_loss,
+            grad_norm=grad_norm,
             diverged_at=None if diverged_at < 0 else diverged_at,
         )
 
@@ -68,6 +81,22 @@ class Result(NamedTuple):
             f"Result(status={self.status!r}, loss={float(self.loss):.6g}, steps={self.steps}, "
             f"grad_norm={float(self.grad_norm):.3g}{extra}, params={self.params!r})"
         )
+
+
+def pack(run: engine.Run, loss: jax.Array | None = None) -> tuple:
+    """A run as six outputs, not fifteen: each output of a jitted call costs dispatch time.
+
+    ``loss`` replaces the run's final loss (``fit`` reports the loss over the whole data set).
+    """
+    loss = run.loss if loss is None else loss
+    return (
+        run.params,
+        jnp.stack([loss, run.grad_norm, run.best_loss]),
+        jnp.stack([run.status, run.steps, run.diverged_at]),
+        jnp.stack([run.history.loss, run.history.grad_norm]),
+        run.history.params,
+        run.history.metrics,
+    )
 
 
 def gradient_source(f: Callable[[PyTree], jax.Array], grad: str) -> engine.ValueAndGrad:
@@ -180,22 +209,24 @@ def minimize(
     with inputs.precision(x0):
         x0 = inputs.float_params("x0", x0)
         inputs.scalar_function("f", f, x0)
-        tx, opt_state = optimizers.resolve(optimizer, x0, hyperparameters)
-        run = _run(
-            x0, opt_state, tol, ftol, f=f, tx=tx, grad=grad, steps=steps,
+        tx, numbers = optimizers.prepare(optimizer, hyperparameters)
+        packed = _run(
+            x0, numbers, tol, ftol, f=f, tx=tx, grad=grad, steps=steps,
             record_every=record_every, record_params=record_params,
         )
-        return Result.from_run(run)
+        return Result.from_packed(packed, steps, record_every)
 
 
 @functools.partial(
     jax.jit, static_argnames=("f", "tx", "grad", "steps", "record_every", "record_params")
 )
-def _run(x0, opt_state, tol, ftol, *, f, tx, grad, steps, record_every, record_params):
-    return engine.run(
-        gradient_source(f, grad), tx, x0, steps=steps, opt_state=opt_state,
-        record_every=record_every, gtol=tol, ftol=ftol, record_params=record_params,
+def _run(x0, numbers, tol, ftol, *, f, tx, grad, steps, record_every, record_params):
+    run = engine.run(
+        gradient_source(f, grad), tx, x0, steps=steps,
+        opt_state=optimizers.init_state(tx, x0, numbers), record_every=record_every,
+        gtol=tol, ftol=ftol, record_params=record_params,
     )
+    return pack(run)
 
 
 def _as_numpy_like(x: PyTree, like: PyTree) -> PyTree:

@@ -77,7 +77,8 @@ class Run(NamedTuple):
       steps: int32, updates applied.
       diverged_at: int32, the step whose update produced a non-finite value, or -1.
       history: the decimated :class:`History`.
-      opt_state: the optimiser state at ``params``.
+      opt_state: the optimiser state at the end of the loop (it may have moved on after the
+        run stopped; the parameters do not).
     """
 
     params: PyTree
@@ -124,39 +125,46 @@ def _step(
     value_and_grad: ValueAndGrad,
     tx: optax.GradientTransformation,
     aux: PyTree,
-    gtol: jax.Array,
-    ftol: jax.Array,
+    gtol: jax.Array | None,
+    ftol: jax.Array | None,
 ) -> _Carry:
+    # Kept lean: on small problems every extra op in this body shows in the step time.
     running = c.status == RUNNING
-    at_gtol = running & (optax.tree.norm(c.grad) <= gtol)
-    moving = running & ~at_gtol
-
     updates, opt_state = tx.update(c.grad, c.opt_state, c.params)
     params = optax.apply_updates(c.params, updates)
     t = c.t + 1
     loss, grad = value_and_grad(params, t, aux)
 
     finite = jnp.isfinite(loss) & all_finite(params) & all_finite(grad)
-    commit = moving & finite
-    at_ftol = commit & (jnp.abs(loss - c.loss) <= ftol)
-    blew_up = moving & ~finite
-
-    status = jnp.where(at_gtol | at_ftol, CONVERGED, c.status)
-    status = jnp.where(blew_up, DIVERGED, status)
-    params, opt_state, loss, grad = _select(
-        commit, (params, opt_state, loss, grad), (c.params, c.opt_state, c.loss, c.grad)
-    )
+    commit = running & finite
+    blew_up = running & ~finite
+    status = jnp.where(blew_up, DIVERGED, c.status)
+    if gtol is not None or ftol is not None:
+        met = _tolerance_met(loss, grad, c.loss, gtol, ftol)
+        status = jnp.where(commit & met, CONVERGED, status)
+    # Only the parameters, loss and gradient are frozen: once a run stops, its optimiser state
+    # may move on, but nothing of it reaches the parameters again.
+    params, loss, grad = _select(commit, (params, loss, grad), (c.params, c.loss, c.grad))
     return _Carry(
         params=params,
         opt_state=opt_state,
         loss=loss,
         grad=grad,
         best_loss=jnp.minimum(c.best_loss, loss),
-        status=status.astype(jnp.int32),
+        status=status,
         steps=c.steps + commit.astype(jnp.int32),
         diverged_at=jnp.where(blew_up, t, c.diverged_at),
         t=t,
     )
+
+
+def _tolerance_met(loss, grad, previous_loss, gtol, ftol) -> jax.Array:
+    met = jnp.array(False)
+    if gtol is not None:
+        met = met | (optax.tree.norm(grad) <= gtol)
+    if ftol is not None and previous_loss is not None:
+        met = met | (jnp.abs(loss - previous_loss) <= ftol)
+    return met
 
 
 def run(
@@ -201,16 +209,20 @@ def run(
     opt_state = tx.init(params) if opt_state is None else opt_state
     loss, grad = value_and_grad(params, jnp.int32(0), aux)
     dtype = jnp.result_type(loss)
-    gtol = jnp.asarray(-1.0 if gtol is None else gtol, dtype)
-    ftol = jnp.asarray(-1.0 if ftol is None else ftol, dtype)
+    gtol = None if gtol is None else jnp.asarray(gtol, dtype)
+    ftol = None if ftol is None else jnp.asarray(ftol, dtype)
     finite = jnp.isfinite(loss) & all_finite(params) & all_finite(grad)
+    status = jnp.where(finite, RUNNING, DIVERGED)
+    if gtol is not None:
+        met_at_start = _tolerance_met(loss, grad, None, gtol, None)
+        status = jnp.where(finite & met_at_start, CONVERGED, status)
     carry = _Carry(
         params=params,
         opt_state=opt_state,
         loss=loss,
         grad=grad,
         best_loss=jnp.where(finite, loss, jnp.inf).astype(dtype),
-        status=jnp.where(finite, RUNNING, DIVERGED).astype(jnp.int32),
+        status=status.astype(jnp.int32),
         steps=jnp.int32(0),
         diverged_at=jnp.where(finite, -1, 0).astype(jnp.int32),
         t=jnp.int32(0),
@@ -221,7 +233,6 @@ def run(
 
     def snapshot(c):
         return (
-            c.t,
             c.loss,
             optax.tree.norm(c.grad),
             c.params if record_params else None,
@@ -241,7 +252,7 @@ def run(
         carry, _ = lax.scan(one_step, carry, length=tail)
     extra.append(snapshot(carry))
     records = jax.tree.map(lambda rs, *r: jnp.concatenate([rs, jnp.stack(r)]), records, *extra)
-    history = History(*records)
+    history = History(jnp.asarray(record_steps(steps, record_every)), *records)
 
     status = jnp.where(carry.status == RUNNING, MAX_STEPS, carry.status).astype(jnp.int32)
     return Run(
@@ -255,6 +266,11 @@ def run(
         history=history,
         opt_state=carry.opt_state,
     )
+
+
+def record_steps(steps: int, record_every: int) -> np.ndarray:
+    """The steps at which :func:`run` records: ``0, k, 2k, ...`` below ``steps``, then ``steps``."""
+    return np.append(np.arange(0, steps, record_every), steps).astype(np.int32)
 
 
 def status_names(codes: Any) -> np.ndarray:

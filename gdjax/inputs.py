@@ -8,6 +8,7 @@ status in the result.
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import numbers
 from collections.abc import Callable
@@ -60,14 +61,19 @@ def float_params(name: str, tree: PyTree) -> PyTree:
         if np.size(leaf) == 0:
             where = jax.tree_util.keystr(path) or "(the array itself)"
             raise ValueError(f"{name} must not hold empty arrays; leaf {where} has size 0")
-    return jax.tree.map(jnp.asarray, tree)
+    return jax.tree.map(lambda x: x if isinstance(x, jax.Array) else jnp.asarray(x), tree)
 
 
 def scalar_function(name: str, f: Callable, *args: Any) -> None:
     """``TypeError``/``ValueError`` unless ``f(*args)`` is a real scalar (checked abstractly)."""
     if not callable(f):
         raise TypeError(f"{name} must be callable, got {name}={f!r}")
-    out = jax.eval_shape(f, *args)
+    leaves, treedef = jax.tree.flatten(args)
+    signature = (treedef, tuple((jnp.shape(x), jnp.result_type(x)) for x in leaves))
+    try:
+        out = _output_shape(f, signature)
+    except TypeError:  # an unhashable callable: no cache
+        out = jax.eval_shape(f, *args)
     shape = getattr(out, "shape", None)
     if shape != ():
         raise ValueError(
@@ -76,6 +82,13 @@ def scalar_function(name: str, f: Callable, *args: Any) -> None:
         )
     if not jnp.issubdtype(out.dtype, jnp.floating):
         raise TypeError(f"{name} must return a floating-point scalar, got dtype {out.dtype}")
+
+
+@functools.lru_cache(maxsize=512)
+def _output_shape(f: Callable, signature: tuple) -> jax.ShapeDtypeStruct:
+    treedef, avals = signature
+    args = jax.tree.unflatten(treedef, [jax.ShapeDtypeStruct(s, d) for s, d in avals])
+    return jax.eval_shape(f, *args)
 
 
 def precision(*trees: PyTree) -> contextlib.AbstractContextManager:

@@ -109,23 +109,48 @@ def resolve(
 ) -> tuple[optax.GradientTransformation, Any]:
     """A transformation and its initial state, with hyperparameters placed in the state.
 
+    ``prepare`` followed by ``init_state``; see both.
+    """
+    tx, numbers = prepare(opt, hyperparameters)
+    return tx, init_state(tx, params, numbers)
+
+
+def prepare(
+    opt: str | optax.GradientTransformation, hyperparameters: Mapping[str, Any]
+) -> tuple[optax.GradientTransformation, dict[str, Any]]:
+    """Check ``hyperparameters`` and split them into a transformation and state values.
+
     For a name, the transformation is cached per name (and per schedule object), so repeated calls
-    with new numeric values reuse one compiled program: the values travel in the returned state.
-    A user's transformation is used as it is; hyperparameters are then set in its state, which
-    must come from ``optax.inject_hyperparams``.
+    with new numeric values reuse one compiled program: the values travel in the optimiser state
+    (:func:`init_state`). A user's transformation is used as it is; numeric hyperparameters are
+    then set in its state, which must come from ``optax.inject_hyperparams``.
+
+    Returns:
+      ``(tx, numbers)``: a hashable transformation (a static argument of ``jax.jit``) and the
+      numeric hyperparameters to place in its state.
     """
     if isinstance(opt, str):
         hyperparameters = _checked(opt, hyperparameters)
         schedules = {k: v for k, v in hyperparameters.items() if callable(v)}
-        numbers = {k: v for k, v in hyperparameters.items() if not callable(v)}
-        tx = _cached(opt, tuple(sorted(schedules.items(), key=lambda kv: kv[0])))
-        return tx, set_hyperparameters(tx.init(params), numbers)
+        # Every default is passed too, so the argument structure (hence the compiled program)
+        # does not depend on which hyperparameters a call happens to name.
+        numbers = {
+            k: float(v) if _is_concrete_scalar(v) else v
+            for k, v in {**_spec(opt).defaults, **hyperparameters}.items()
+            if k not in schedules
+        }
+        return _cached(opt, tuple(sorted(schedules.items(), key=lambda kv: kv[0]))), numbers
     if not isinstance(opt, optax.GradientTransformation):
         raise TypeError(
             "optimizer must be a name or an optax.GradientTransformation, got "
             f"optimizer={opt!r} of type {type(opt).__name__}"
         )
-    return opt, set_hyperparameters(opt.init(params), hyperparameters)
+    return opt, dict(hyperparameters)
+
+
+def init_state(tx: optax.GradientTransformation, params: Any, numbers: Mapping[str, Any]) -> Any:
+    """``tx.init(params)`` with ``numbers`` set in its injected hyperparameters. Traceable."""
+    return set_hyperparameters(tx.init(params), numbers)
 
 
 def injectable_names(opt: str | optax.GradientTransformation, params: Any) -> tuple[str, ...]:
