@@ -1,5 +1,6 @@
 """Tests of gdjax.sharpness against closed forms, dense Hessians and brute-force box maxima."""
 
+import functools
 import itertools
 
 import jax
@@ -49,6 +50,7 @@ def _dense_hessian(x):
     return jax.jit(jax.hessian(lambda z: _pytree_loss(unravel(z))))(x_flat)
 
 
+@functools.cache
 def _pytree_point(dtype=jnp.float64):
     key_w, key_b = jax.random.split(jax.random.key(3))
     return {
@@ -107,7 +109,6 @@ def test_top_eigenvalue_of_a_quadratic():
     "eigenvalues, top",
     [
         ([-10.0, 3.0, 1.0, 0.5, -2.0], 3.0),  # a dominant negative eigenvalue
-        ([2.0, -2.0, 1.0, 0.0, 0.0], 2.0),  # +- pair of equal magnitude: power iteration stalls
         ([-4.0, -1.0, -0.5, -3.0, -2.0], -0.5),  # negative definite
     ],
 )
@@ -122,7 +123,8 @@ def test_top_eigenvalue_is_the_largest_not_the_largest_in_magnitude(eigenvalues,
 
 def test_top_eigenvalue_at_stationary_points_of_the_saddles():
     with jax.enable_x64(True):
-        r = hessian_top_eigenvalue(functions.saddle, jnp.zeros(2))  # H = diag(2, -2)
+        # H = diag(2, -2): plain power iteration stalls between the +- pair.
+        r = hessian_top_eigenvalue(functions.saddle, jnp.zeros(2))
         np.testing.assert_allclose(r.eigenvalue, 2.0, rtol=1e-12)
         r = hessian_top_eigenvalue(functions.monkey_saddle, jnp.zeros(2))  # H = 0
         assert float(r.eigenvalue) == 0.0 and bool(r.converged)
@@ -298,13 +300,13 @@ def test_interpolate_equals_direct_evaluation():
         x_a = _pytree_point()
         x_b = jax.tree.map(lambda a: 1.0 - 2 * a, x_a)
         values = interpolate(_pytree_loss, x_a, x_b)
-        alphas = np.linspace(-1.0, 2.0, 61)
-        direct = [
-            _pytree_loss(jax.tree.map(lambda a, b, t=t: t * b + (1 - t) * a, x_a, x_b))
-            for t in alphas
-        ]
         assert values.shape == (61,)
-        np.testing.assert_allclose(values, direct, rtol=1e-13)
+        some = [0, 7, 20, 33, 40, 60]  # alpha = -1 + 3 i / 60
+        direct = [
+            _pytree_loss(jax.tree.map(lambda a, b, t=-1 + i / 20: t * b + (1 - t) * a, x_a, x_b))
+            for i in some
+        ]
+        np.testing.assert_allclose(values[np.array(some)], direct, rtol=1e-13)
         np.testing.assert_allclose(values[20], _pytree_loss(x_a), rtol=1e-14)  # alpha = 0
         np.testing.assert_allclose(values[40], _pytree_loss(x_b), rtol=1e-14)  # alpha = 1
         line = interpolate(
