@@ -273,8 +273,8 @@ def test_new_grid_values_never_recompile():
 
 
 def test_chunks_and_resume_after_interruption(tmp_path, monkeypatch):
-    grid = {"learning_rate": np.geomspace(1e-3, 1.2, 10), "x0": np.float32([[1.0], [-2.0]])}
-    kw = dict(steps=200, tol=1e-6, chunk_size=4, progress=False)
+    grid = {"learning_rate": np.geomspace(1e-3, 1.2, 20), "x0": np.float32([[1.0], [-2.0]])}
+    kw = dict(steps=200, tol=1e-6, chunk_size=16, progress=False)
     whole = sweep(bowl, np.float32([1.0]), "sgd", grid=grid, **kw)
     assert whole.counts()["diverged"] > 0
 
@@ -297,7 +297,7 @@ def test_chunks_and_resume_after_interruption(tmp_path, monkeypatch):
                                                           "manifest.json"]
     calls.clear()
     resumed = sweep(bowl, np.float32([1.0]), "sgd", grid=grid, checkpoint=tmp_path, **kw)
-    assert len(calls) == 3  # 20 configs in chunks of 4: two were on disk, three were left
+    assert len(calls) == 1  # 40 configs in chunks of 16: two were on disk, one was left
     assert table_text(resumed) == table_text(whole)
     for field in ("params", "final_loss", "status", "diverged_at", "steps"):
         np.testing.assert_array_equal(getattr(resumed, field), getattr(whole, field))
@@ -307,15 +307,24 @@ def test_chunks_and_resume_after_interruption(tmp_path, monkeypatch):
     sweep(bowl, np.float32([1.0]), "sgd", grid=grid, checkpoint=tmp_path, **kw)
     assert calls == []
     with pytest.raises(ValueError, match="holds a different sweep"):
-        sweep(bowl, np.float32([1.0]), "sgd", grid={**grid, "learning_rate": np.ones(10)},
+        sweep(bowl, np.float32([1.0]), "sgd", grid={**grid, "learning_rate": np.ones(20)},
               checkpoint=tmp_path, **kw)
 
 
-def test_memory_budget_sets_chunks_and_progress_shows(capsys):
-    res = sweep(bowl, np.float32([1.0]), "sgd", grid={"learning_rate": np.linspace(0.1, 0.3, 9)},
-                steps=20, memory_budget=3000, progress=True)
-    assert len(res) == 9 and res.counts()["max_steps"] + res.counts()["converged"] == 9
+def test_memory_budget_sets_chunks_and_progress_shows(capsys, monkeypatch):
+    chunks = []
+    run_chunk = sweep_module._run_chunk
+    monkeypatch.setattr(sweep_module, "_run_chunk",
+                        lambda v, *a, **k: chunks.append(len(v["hyper"]["learning_rate"]))
+                        or run_chunk(v, *a, **k))
+    lrs = np.linspace(0.1, 0.3, 40)
+    res = sweep(bowl, np.float32([1.0]), "sgd", grid={"learning_rate": lrs}, steps=20,
+                memory_budget=2_000, progress=True)  # a few hundred bytes per config
+    assert chunks == [16, 16, 16]  # the budget allows fewer than 16: the smallest chunk is used
     assert "sweep chunks" in capsys.readouterr().out
+    whole = sweep(bowl, np.float32([1.0]), "sgd", grid={"learning_rate": lrs}, steps=20)
+    assert chunks[3:] == [40] and capsys.readouterr().out == ""  # one chunk: no progress bar
+    np.testing.assert_array_equal(res.params, whole.params)
 
 
 def test_repr_and_table_top():

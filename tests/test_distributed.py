@@ -1,0 +1,113 @@
+"""The config axis sharded over 8 forced host devices, and over two processes joined by
+``jax.distributed.initialize``: results identical (bitwise) to one device.
+
+Each run is a fresh subprocess (device counts are fixed when JAX starts), with a timeout so that a
+hung collective fails the test instead of blocking it.
+"""
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+TIMEOUT = 180
+
+WORKER = """
+import sys
+import jax
+
+processes, process_id, port, out = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4]
+if processes > 1:
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize(f"localhost:{port}", num_processes=processes,
+                               process_id=process_id, initialization_timeout=60)
+sys.path.insert(0, "tests")
+from test_distributed import run_sweep, save
+
+save(run_sweep(), out, devices=len(jax.devices()), processes=jax.process_count())
+"""
+
+
+def run_sweep():
+    """40 configs, some diverged: three chunks on one device, one on eight (16 per device)."""
+    from gdjax import functions
+    from gdjax.sweep import sweep
+
+    return sweep(
+        functions.himmelblau, np.float32([0.0, 0.0]), "sgd", steps=300, tol=1e-3,
+        grid={"x0": np.float32([[0, 0], [-4, 4], [1, -3], [2, 2], [-1, -1]]),
+              "learning_rate": [1e-3, 3e-3, 1e-2, 0.02, 0.03, 0.05, 0.1, 0.2]},
+        chunk_size=16, progress=False,
+    )
+
+
+def save(res, path, **extra):
+    np.savez(path, params=res.params, final_loss=res.final_loss, status=res.status,
+             diverged_at=res.diverged_at, history=res.history.loss, **extra)
+
+
+def spawn(out, *, devices, processes=1, process_id=0, port=0):
+    env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+               PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
+    return subprocess.Popen(
+        [sys.executable, "-c", WORKER, str(processes), str(process_id), str(port), str(out)],
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+
+
+def finish(*procs):
+    try:
+        for p in procs:
+            output, _ = p.communicate(timeout=TIMEOUT)
+            assert p.returncode == 0, output[-3000:]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.communicate()
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def one_device(tmp_path_factory):
+    out = tmp_path_factory.mktemp("one") / "r.npz"
+    finish(spawn(out, devices=1))
+    return dict(np.load(out))
+
+
+def assert_identical(a, b):
+    for key in ("params", "final_loss", "status", "diverged_at", "history"):
+        np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+
+
+def test_reference_has_divergence(one_device):
+    assert int(one_device["devices"]) == 1
+    assert "diverged" in one_device["status"] and "converged" in one_device["status"]
+
+
+def test_eight_devices_identical(one_device, tmp_path):
+    out = tmp_path / "r.npz"
+    finish(spawn(out, devices=8))
+    eight = dict(np.load(out))
+    assert int(eight["devices"]) == 8
+    assert_identical(eight, one_device)
+
+
+def test_two_processes_identical(one_device, tmp_path):
+    port = free_port()
+    outs = [tmp_path / f"r{i}.npz" for i in range(2)]
+    finish(*[spawn(outs[i], devices=2, processes=2, process_id=i, port=port) for i in range(2)])
+    for out in outs:  # every process holds the whole result
+        got = dict(np.load(out))
+        assert int(got["devices"]) == 4 and int(got["processes"]) == 2
+        assert_identical(got, one_device)
