@@ -1,0 +1,184 @@
+"""gdjax.sweep beside the sweeps people write by hand.
+
+2-D Rosenbrock from (-1.2, 1), Adam, 1000 steps, one config per learning rate (log-spaced
+1e-4 .. 1e-1), 4096 and 65536 configs, every peer returning each config's final parameters and
+final loss:
+
+* the hand-written ``jit(vmap(scan))`` with ``optax.adam(lr)``: the floor, close to this CPU's
+  arithmetic limit (no statuses, no divergence freeze, no history);
+* a Python loop of scanned single runs (``gdjax.minimize`` per config): timed on a few configs and
+  extrapolated per config (said in the note);
+* PyTorch, when installed: a hand-vectorised batched Adam (one ``(N, 2)`` tensor, one learning
+  rate per row, autograd for the gradient), and ``torch.optim.Adam`` with one ``param_group`` per
+  config (timed on fewer configs and steps, extrapolated per config-step).
+
+``gdjax.sweep`` runs with its defaults: statuses, divergence freeze and a 101-record history.
+
+The 1,048,576-start Himmelblau basin map (:mod:`benchmarks.basin_sweep`) runs in a subprocess (for
+its own peak memory), beside a hand-written ``jit(vmap(scan))`` of the same gradient descent.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import subprocess
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from benchmarks.harness import Row, best_time, block, first_call_time, torch_or_none
+from gdjax import functions
+from gdjax.descent import minimize
+from gdjax.sweep import sweep
+
+STEPS = 1000
+X0 = np.float32([-1.2, 1.0])
+
+
+def _learning_rates(n: int) -> np.ndarray:
+    return np.geomspace(1e-4, 1e-1, n).astype(np.float32)
+
+
+@jax.jit
+def _hand(lrs):
+    """The hand-written sweep: ``jit(vmap(scan))`` of optax's Adam; final params and loss."""
+    f = functions.rosenbrock
+    x0 = jnp.asarray(X0)
+
+    def one(lr):
+        tx = optax.adam(lr)
+
+        def step(carry, _):
+            x, state = carry
+            u, state = tx.update(jax.grad(f)(x), state, x)
+            return (optax.apply_updates(x, u), state), None
+
+        (x, _), _ = jax.lax.scan(step, (x0, tx.init(x0)), length=STEPS)
+        return x, f(x)
+
+    return jax.vmap(one)(lrs)
+
+
+def _torch_batched(torch, lrs: np.ndarray, steps: int):
+    """Adam vectorised by hand over a ``(N, 2)`` tensor, one learning rate per row."""
+    b1, b2, eps = 0.9, 0.999, 1e-8
+    x = torch.tensor(np.tile(X0, (len(lrs), 1)), requires_grad=True)
+    lr = torch.tensor(lrs)[:, None]
+    m, v = torch.zeros_like(x), torch.zeros_like(x)
+    for t in range(1, steps + 1):
+        loss = (1 - x[:, 0]) ** 2 + 100 * (x[:, 1] - x[:, 0] ** 2) ** 2
+        (g,) = torch.autograd.grad(loss.sum(), x)
+        with torch.no_grad():
+            m.mul_(b1).add_(g, alpha=1 - b1)
+            v.mul_(b2).addcmul_(g, g, value=1 - b2)
+            x -= lr * (m / (1 - b1**t)) / ((v / (1 - b2**t)).sqrt() + eps)
+    with torch.no_grad():
+        return x, (1 - x[:, 0]) ** 2 + 100 * (x[:, 1] - x[:, 0] ** 2) ** 2
+
+
+def _torch_groups(torch, lrs: np.ndarray, steps: int):
+    """``torch.optim.Adam`` with one parameter group (one learning rate) per config."""
+    xs = [torch.tensor(X0, requires_grad=True) for _ in lrs]
+    groups = [{"params": [x], "lr": float(lr)} for x, lr in zip(xs, lrs, strict=True)]
+    opt = torch.optim.Adam(groups)
+    for _ in range(steps):
+        opt.zero_grad()
+        sum((1 - x[0]) ** 2 + 100 * (x[1] - x[0] ** 2) ** 2 for x in xs).backward()
+        opt.step()
+    return xs
+
+
+@functools.partial(jax.jit, static_argnames="steps")
+def _hand_basin(starts, steps):
+    """The hand-written basin map: ``jit(vmap(scan))`` of plain gradient descent."""
+    f = functions.himmelblau
+
+    def one(x):
+        x, _ = jax.lax.scan(lambda x, _: (x - 0.01 * jax.grad(f)(x), None), x, length=steps)
+        return x, f(x)
+
+    return jax.vmap(one)(starts)
+
+
+def _basin_row() -> Row:
+    """The 1,048,576-start basin sweep in a fresh process (its own peak memory)."""
+    from benchmarks.basin_sweep import STEPS, N, starts
+
+    out = subprocess.run(
+        [sys.executable, "-m", "benchmarks.basin_sweep"], capture_output=True, text=True,
+        check=True, timeout=600,
+    )
+    report = json.loads(out.stdout.strip().splitlines()[-1])
+    grid = starts(N)
+    t_hand = first_call_time(lambda: block(_hand_basin(grid, STEPS)))
+    return Row(
+        "sweep", f"himmelblau basin map, {len(grid)} starts ({N}^2), sgd {STEPS} steps",
+        report["seconds"], "hand jit(vmap(scan)) sgd", t_hand,
+        f"both first calls (compile included); gdjax peak RSS {report['peak_rss_mib']:.0f} MiB "
+        f"in its own process; {report['counts']}",
+    )
+
+
+def run(quick: bool) -> list[Row]:
+    rows = []
+    torch = torch_or_none()
+    sizes = (4096,) if quick else (4096, 65536)
+    f = functions.rosenbrock
+    for n in sizes:
+        lrs = _learning_rates(n)
+        case = f"rosenbrock 2-D adam {STEPS} steps, {n} lrs"
+
+        def gd(lrs=lrs):
+            return block(sweep(f, X0, "adam", grid={"learning_rate": lrs}, steps=STEPS).params)
+
+        def hand(lrs=lrs):
+            return block(_hand(lrs))
+
+        first = first_call_time(gd)
+        first_call_time(hand)
+        repeat = 3 if n > 10_000 else 5
+        t_gd, t_hand = best_time(gd, repeat=repeat), best_time(hand, repeat=repeat)
+        res = sweep(f, X0, "adam", grid={"learning_rate": lrs}, steps=STEPS)
+        x_hand, loss_hand = _hand(lrs)
+        np.testing.assert_allclose(res.final_loss, loss_hand, rtol=1e-3, atol=1e-6)
+        rows.append(Row("sweep", case, t_gd, "hand jit(vmap(scan)) optax.adam", t_hand,
+                        f"gdjax first call {first:.2f} s (compile)"))
+
+        k = 16
+        loop = lambda k=k, lrs=lrs: [
+            block(minimize(f, X0, "adam", learning_rate=float(lr), steps=STEPS).params)
+            for lr in lrs[:k]
+        ]
+        loop()
+        t_loop = best_time(loop, repeat=3) / k * n
+        rows.append(Row("sweep", case, t_gd, "python loop of minimize", t_loop,
+                        f"timed on {k} configs, extrapolated x{n // k}"))
+
+        if torch is not None:
+            batched = lambda lrs=lrs: _torch_batched(torch, lrs, STEPS)
+            t_batched = best_time(batched, repeat=2 if n > 10_000 else 3)
+            rows.append(Row("sweep", case, t_gd, f"torch {torch.__version__} batched Adam",
+                            t_batched, f"{torch.get_num_threads()} threads"))
+            groups, group_steps = 256, 20
+            few = lambda lrs=lrs, groups=groups, group_steps=group_steps: _torch_groups(
+                torch, lrs[:groups], group_steps
+            )
+            t_groups = best_time(few, repeat=2) * (n / groups) * (STEPS / group_steps)
+            rows.append(Row("sweep", case, t_gd, "torch.optim.Adam param_groups", t_groups,
+                            f"timed on {groups} groups x {group_steps} steps, extrapolated"))
+    if not quick:
+        rows.append(_basin_row())
+    return rows
+
+
+if __name__ == "__main__":
+    t0 = time.perf_counter()
+    for row in run(quick="--quick" in sys.argv):
+        print(f"{row.case:55s} gdjax {row.gdjax_s:8.3f}s  {row.peer:45s} {row.peer_s:9.3f}s "
+              f"x{row.speedup:6.2f}  {row.note}")
+    print(f"total {time.perf_counter() - t0:.1f} s")
