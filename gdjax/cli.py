@@ -1,0 +1,931 @@
+"""The ``gdjax`` command: ``demo``, ``sweep``, ``check`` and ``race``.
+
+Exit status: 0 on success, 1 when ``gdjax check`` finds a wrong gradient, 2 for bad usage (an
+unknown option, a bad value, a module that cannot be imported), always with one line on stderr
+that names the argument and its value. Progress goes to stderr and results to stdout; ``--json``
+prints one JSON document on stdout for scripts.
+
+JAX and matplotlib are imported only once a command runs, so ``gdjax --help`` answers at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import importlib
+import json
+import math
+import os
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, NoReturn
+
+from rich.console import Console
+from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+OPTIMIZER_RACE = ("sgd", "momentum", "nesterov", "adagrad", "rmsprop", "adam")
+"""The optimisers the seed names, raced by ``gdjax demo`` and ``gdjax race``."""
+
+SEED_RESULT = (-6.11110793e-10, 8.14814391e-10)
+"""The seed's printed ``gradient_descent(function_2, [-3, 4], lr=0.1, step_num=100)``."""
+
+
+class UsageError(Exception):
+    """A bad command line: reported as one line, exit status 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports a usage error in one line (no usage block) and exits with 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+
+
+# --------------------------------------------------------------------------------------------
+# Parsing option values.
+
+
+def learning_rates(text: str) -> list[float]:
+    """A learning-rate grid: ``LO:HI:N`` (N log-spaced values), ``A,B,C`` or one number.
+
+    Example:
+      >>> learning_rates("1e-3:1e-1:3")
+      [0.001, 0.01, 0.1]
+    """
+    parts = text.split(":")
+    try:
+        if len(parts) == 3:
+            lo, hi, n = float(parts[0]), float(parts[1]), int(parts[2])
+            if not (0 < lo <= hi and n >= 1) or (n == 1 and lo != hi):
+                raise ValueError
+            if n == 1:
+                return [lo]
+            ratio = math.log(hi / lo) / (n - 1)
+            return [float(f"{lo * math.exp(i * ratio):.12g}") for i in range(n)]
+        if len(parts) == 1:
+            values = [float(v) for v in text.split(",")]
+            if all(v > 0 and math.isfinite(v) for v in values):
+                return values
+    except ValueError:
+        pass
+    raise argparse.ArgumentTypeError(
+        f"expected LO:HI:N (N log-spaced values, 0 < LO <= HI), A,B,C or one positive number, "
+        f"got {text!r}"
+    )
+
+
+def positive_int(text: str) -> int:
+    """An integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def nonnegative_int(text: str) -> int:
+    """An integer >= 0."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}")
+    return value
+
+
+def shape(text: str) -> tuple[int, ...]:
+    """An array shape: ``6``, ``3,4`` or ``()`` for a scalar."""
+    if text.strip() in ("()", ""):
+        return ()
+    try:
+        dims = tuple(int(d) for d in text.strip("()").split(",") if d.strip())
+    except ValueError:
+        dims = (-1,)
+    if not dims or any(d < 1 for d in dims):
+        raise argparse.ArgumentTypeError(f"expected a shape like 6 or 3,4, got {text!r}")
+    return dims
+
+
+def point(text: str) -> list[float]:
+    """A point: comma-separated numbers, e.g. ``-1.2,1``."""
+    try:
+        values = [float(v) for v in text.split(",")]
+    except ValueError:
+        values = []
+    if not values or not all(math.isfinite(v) for v in values):
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated numbers like -1.2,1, got {text!r}"
+        )
+    return values
+
+
+def box(text: str) -> tuple[float, float]:
+    """A coordinate range ``LO:HI`` with ``LO < HI``."""
+    try:
+        lo, hi = (float(v) for v in text.split(":"))
+    except ValueError:
+        lo = hi = 0.0
+    if not lo < hi:
+        raise argparse.ArgumentTypeError(f"expected LO:HI with LO < HI, got {text!r}")
+    return lo, hi
+
+
+def load_function(target: str) -> Callable:
+    """The function named by ``module:function`` (or ``module:object.attribute``).
+
+    The module is imported from the current directory or ``PYTHONPATH``.
+
+    Raises:
+      UsageError: if ``target`` is malformed, the module cannot be imported or the attribute is
+        missing or not callable.
+    """
+    module_name, sep, attribute = target.partition(":")
+    if not sep or not module_name or not attribute:
+        raise UsageError(f"expected module:function, got {target!r}")
+    if os.getcwd() not in sys.path and "" not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        obj: Any = importlib.import_module(module_name)
+    except Exception as e:  # the user's module may fail in any way while importing
+        raise UsageError(
+            f"cannot import module {module_name!r} of {target!r} (looked in the current "
+            f"directory and PYTHONPATH): {type(e).__name__}: {e}"
+        ) from None
+    for name in attribute.split("."):
+        if not hasattr(obj, name):
+            raise UsageError(f"{target!r}: {type(obj).__name__} {obj.__name__!r} has no attribute "
+                             f"{name!r}" if hasattr(obj, "__name__") else
+                             f"{target!r}: no attribute {name!r}")
+        obj = getattr(obj, name)
+    if not callable(obj):
+        raise UsageError(f"{target!r} is not callable, it is a {type(obj).__name__}")
+    return obj
+
+
+def objective(name: str) -> Any:
+    """A built-in test function by name, or a user's ``module:function``."""
+    from gdjax import functions
+
+    if ":" in name:
+        return load_function(name)
+    if name not in functions.ALL:
+        raise UsageError(
+            f"unknown function {name!r}: give a built-in ({', '.join(functions.ALL)}) or "
+            "module:function"
+        )
+    return functions.ALL[name]
+
+
+# --------------------------------------------------------------------------------------------
+# Output: progress on stderr, tables and JSON on stdout.
+
+
+class Reporter:
+    """Progress bars on stderr (when it is a terminal), tables on stdout; nothing but the JSON
+    document under ``--json``."""
+
+    def __init__(self, as_json: bool):
+        self.as_json = as_json
+        # Piped output keeps wide tables whole instead of folding them at 80 columns.
+        self.out = Console(highlight=False, width=None if sys.stdout.isatty() else 160)
+        self.err = Console(stderr=True, highlight=False)
+
+    @contextlib.contextmanager
+    def task(self, description: str, total: int | None = None) -> Iterator[Callable[[], None]]:
+        """A progress line (a bar when ``total`` is given) for one phase of the work.
+
+        Yields a function that advances the bar by one.
+        """
+        progress = Progress(
+            SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
+            TextColumn("{task.completed}/{task.total}" if total else ""), TimeElapsedColumn(),
+            console=self.err, disable=self.as_json or not self.err.is_terminal,
+        )
+        with progress:
+            task = progress.add_task(description, total=total or 1)
+            yield lambda: progress.advance(task)
+            progress.update(task, completed=total or 1)
+
+    def table(self, table: Table) -> None:
+        if not self.as_json:
+            self.out.print(table)
+
+    def line(self, text: str) -> None:
+        if not self.as_json:
+            self.out.print(text)
+
+    def json(self, document: Any) -> None:
+        if self.as_json:
+            print(json.dumps(document, indent=2, default=_json_default))
+
+
+def _json_default(value: Any) -> Any:
+    import numpy as np
+
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"cannot write {type(value).__name__} as JSON")
+
+
+def _g(x: Any) -> str:
+    return f"{float(x):.4g}"
+
+
+# --------------------------------------------------------------------------------------------
+# The commands.
+
+AUTO_LEARNING_RATES = learning_rates("1e-5:10:25")
+"""The grid ``--lr auto`` picks each optimiser's learning rate from (4 per decade)."""
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    """``gdjax demo``: the seed's example, a race, a learning-rate sweep and gradient checks."""
+    import numpy as np
+
+    from gdjax import functions
+
+    report = Reporter(args.json)
+    out: Path = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    files: dict[str, Path] = {}
+
+    seed = _demo_seed(report)
+    report.table(_rows_table("1. the seed's example, float64", seed))
+
+    f = functions.rosenbrock
+    rows, paths = race(f, np.asarray(f.start, np.float32), list(OPTIMIZER_RACE), lr=None,
+                       steps=1000, report=report)
+    report.table(_race_table(rows, "2. optimiser race on Rosenbrock, 1000 steps"))
+    files["race_table"] = _write_csv(out / "race.csv", rows)
+    if not args.no_plots:
+        files["race"] = _race_picture(f, rows, paths, out / "race_rosenbrock.png", 1000, report)
+
+    # The seed's function has Hessian 2 I, so L = 2: gradient descent diverges for lr > 2/L = 1.
+    f2 = functions.function_2
+    lrs = learning_rates("1e-3:3:48")
+    starts = np.random.default_rng(0).uniform(-5.0, 5.0, (16, 2)).astype(np.float32)
+    from gdjax.sweep import sweep
+
+    with report.task(f"sweeping {len(lrs)} learning rates x {len(starts)} starts"):
+        res = sweep(f2, starts[0], "sgd", grid={"learning_rate": lrs, "x0": starts}, steps=100,
+                    progress=False)
+    report.table(_lr_table(res, "3. sgd on function_2 by learning rate (2/L = 1)"))
+    sweep_summary = _sweep_summary(res)
+    report.line(_best_line(sweep_summary))
+    files.update({f"lr_sweep_{k}": v for k, v in _write_sweep(
+        res, f2, out, "lr_sweep", plots=not args.no_plots, report=report, boundary=1.0).items()})
+
+    checks = _demo_gradient_checks(report)
+    report.table(_rows_table("4. gradient checks of the built-in functions", checks))
+    files["gradient_checks"] = _write_csv(out / "gradient_checks.csv", checks)
+
+    summary = {"seed": seed, "race": rows, "lr_sweep": sweep_summary,
+               "gradient_checks": checks, "seconds": round(time.perf_counter() - started, 1),
+               "files": files}
+    files["summary"] = out / "summary.json"
+    files["summary"].write_text(json.dumps(summary, indent=2, default=_json_default))
+    report.line(f"\nwrote {len(files)} files to [bold]{out}[/bold] in "
+                f"{summary['seconds']:.1f} s:\n  " + "\n  ".join(str(p) for p in files.values()))
+    report.json(summary)
+    ok = all(r["matches_seed"] for r in seed) and all(r["ok"] for r in checks)
+    return 0 if ok else 1
+
+
+def _demo_seed(report: Reporter) -> list[dict[str, Any]]:
+    """The seed's example with both gradient sources, against the seed's printed result."""
+    import numpy as np
+
+    from gdjax.descent import gradient_descent
+    from gdjax.functions import function_2
+
+    rows = []
+    with report.task("1. the seed's example"):
+        for grad in ("numerical", "autodiff"):
+            x = gradient_descent(function_2, np.array([-3.0, 4.0]), lr=0.1, step_num=100,
+                                 grad=grad)
+            rows.append({
+                "gradient": grad, "x": np.array2string(x, precision=8),
+                "seed printed": np.array2string(np.asarray(SEED_RESULT), precision=8),
+                "matches_seed": bool(np.allclose(x, SEED_RESULT, rtol=1e-8, atol=0)),
+            })
+    return rows
+
+
+def _demo_gradient_checks(report: Reporter) -> list[dict[str, Any]]:
+    """``check_grads`` on every built-in function at its suggested start, in float64."""
+    import numpy as np
+
+    from gdjax import functions, inputs
+    from gdjax.check import check_grads
+
+    rows = []
+    with report.task(f"checking {len(functions.ALL)} gradients",
+                     total=len(functions.ALL)) as advance:
+        for name, f in functions.ALL.items():
+            x = np.asarray(f.start, np.float64)
+            with inputs.precision(x):
+                result = check_grads(f, x)
+            rows.append({"function": name, "at": _point(x), "ok": bool(result.ok),
+                         "verdict": result.kind, "rel_error": f"{result.rel_error:.1e}"})
+            advance()
+    return rows
+
+
+def _lr_table(res: Any, title: str) -> Table:
+    """Per learning rate: how many starts converged, ran out of steps or diverged."""
+    import numpy as np
+
+    lrs = np.asarray(res.grid["learning_rate"])
+    table = Table(title=title)
+    for column in ("learning rate", "median final loss", "max_steps", "diverged"):
+        table.add_column(column, justify="right")
+    unique = np.unique(lrs)
+    for lr in unique[:: max(1, len(unique) // 12)]:
+        at = lrs == lr
+        alive = at & (res.status != "diverged")
+        median = f"{np.median(res.final_loss[alive]):.3e}" if alive.any() else "-"
+        table.add_row(_g(lr), median, str(int(np.sum(res.status[at] == "max_steps"))),
+                      str(int(np.sum(res.status[at] == "diverged"))))
+    return table
+
+
+def _rows_table(title: str, rows: list[dict[str, Any]]) -> Table:
+    table = Table(title=title)
+    for column in rows[0]:
+        table.add_column(column.replace("_", " "))
+    for r in rows:
+        table.add_row(*(_verdict(v) if isinstance(v, bool) else str(v) for v in r.values()))
+    return table
+
+
+def _verdict(ok: bool) -> str:
+    return "[green]yes[/green]" if ok else "[red]NO[/red]"
+
+
+def run_check(args: argparse.Namespace) -> int:
+    """``gdjax check``: the user's gradient against finite differences; exit 0 right, 1 wrong."""
+    import numpy as np
+
+    from gdjax import inputs
+    from gdjax.check import check_grads
+
+    f = load_function(args.target)
+    if args.point is not None:
+        try:
+            x = np.load(args.point, allow_pickle=False)
+        except (OSError, ValueError) as e:
+            raise UsageError(f"cannot read --point {str(args.point)!r}: {_one_line(e)}") from None
+        if args.dtype is not None:
+            x = x.astype(args.dtype)
+        where = f"the point in {args.point}"
+    else:
+        x = np.random.default_rng(args.seed).standard_normal(args.shape)
+        x = np.asarray(x, args.dtype or "float64")
+        where = f"a standard-normal point of shape {args.shape} (seed {args.seed})"
+    if not np.issubdtype(x.dtype, np.floating):
+        raise UsageError(f"the point must hold floats, got dtype {x.dtype}; use --dtype")
+    with inputs.precision(x):
+        try:
+            report = check_grads(f, x, order=args.order, rtol=args.rtol, atol=args.atol)
+        except Exception as e:  # the user's function failed (or returned no scalar): one line
+            raise UsageError(f"{args.target} failed at {where}: {type(e).__name__}: "
+                             f"{_one_line(e)}") from None
+    if args.json:
+        print(json.dumps({"target": args.target, "dtype": str(x.dtype), "shape": list(x.shape),
+                          **dataclasses.asdict(report), "report": str(report)},
+                         indent=2, default=_json_default))
+    else:
+        out = Console(highlight=False)
+        out.print(f"{args.target} at {where}, {x.dtype}:")
+        out.print(str(report), markup=False)
+        out.print("[green]gradient OK[/green]" if report.ok else "[red]gradient WRONG[/red]")
+    return 0 if report.ok else 1
+
+
+def run_race(args: argparse.Namespace) -> int:
+    """``gdjax race``: the optimisers from one start, a table and a contour picture."""
+    report = Reporter(args.json)
+    f = objective(args.function)
+    names = _optimizer_names(args.optimizers)
+    lr = None if args.lr == "auto" else _one_learning_rate(args.lr)
+    f, x0 = _start(f, args.x0, dim=None)
+    rows, paths = race(f, x0, names, lr=lr, steps=args.steps, report=report)
+    report.table(_race_table(rows, f"race on {_name(f, args.function)} from {_point(x0)}, "
+                                   f"{args.steps} steps"))
+    files = {}
+    if not args.no_plots and x0.size == 2:
+        files["race"] = _race_picture(f, rows, paths, args.out / "race.png", args.steps, report)
+    elif not args.no_plots:
+        report.line(f"(no picture: the start has {x0.size} coordinates, the contour plot needs 2)")
+    args.out.mkdir(parents=True, exist_ok=True)
+    files["table"] = _write_csv(args.out / "race.csv", rows)
+    _wrote(report, files)
+    report.json({"function": args.function, "x0": x0, "steps": args.steps, "results": rows,
+                 "files": files})
+    return 0
+
+
+def race(
+    f: Callable, x0: Any, names: list[str], *, lr: float | None, steps: int, report: Reporter
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Each optimiser from ``x0``: with ``lr``, or with its best learning rate when ``None``.
+
+    One sweep per optimiser runs every candidate learning rate in one compiled program and
+    records the trajectories; the learning rate whose loss stays lowest over the last tenth of the
+    run wins (a run bouncing around the valley does not win by a lucky last step).
+
+    Returns:
+      One row per optimiser (name, learning rate, final loss, distance to the nearest known
+      minimiser, status, steps) and ``name -> (T, 2) trajectory``.
+    """
+    import numpy as np
+
+    from gdjax.sweep import sweep
+
+    lrs = AUTO_LEARNING_RATES if lr is None else [lr]
+    minimizers = np.asarray(getattr(f, "minimizers", np.zeros((0, x0.size))))
+    rows, paths = [], {}
+    label = "tuning and racing" if lr is None else "racing"
+    with report.task(f"{label} {len(names)} optimisers", total=len(names)) as advance:
+        for name in names:
+            res = sweep(f, x0, name, grid={"learning_rate": lrs}, steps=steps,
+                        record_every=max(1, steps // 250), record_params=True, progress=False)
+            i = _steadiest(res)
+            final = np.asarray(res.params[i])
+            distance = (float(np.min(np.linalg.norm(minimizers - final.ravel(), axis=1)))
+                        if minimizers.size else None)
+            rows.append({
+                "optimizer": name, "learning_rate": float(res.grid["learning_rate"][i]),
+                "final_loss": float(res.final_loss[i]), "distance_to_minimizer": distance,
+                "status": str(res.status[i]), "steps": int(res.steps[i]),
+            })
+            paths[name] = np.asarray(res.history.params[i]).reshape(-1, x0.size)
+            advance()
+    return rows, paths
+
+
+def _steadiest(res: Any) -> int:
+    """The config whose largest loss over the last tenth of its history is smallest, not
+    diverged (the first config when all diverged)."""
+    import numpy as np
+
+    tail = res.history.loss[:, -max(1, res.history.loss.shape[1] // 10):]
+    score = np.where(res.status == "diverged", np.inf, np.nanmax(tail, axis=1))
+    return int(np.argmin(np.nan_to_num(score, nan=np.inf)))
+
+
+def _race_table(rows: list[dict[str, Any]], title: str) -> Table:
+    table = Table(title=title)
+    for column in ("optimizer", "learning rate", "final loss", "|x - x*|", "status", "steps"):
+        table.add_column(column, justify="left" if column == "optimizer" else "right")
+    best = min(range(len(rows)), key=lambda i: _sort_key(rows[i]))
+    for i, r in enumerate(rows):
+        d = r["distance_to_minimizer"]
+        table.add_row(
+            f"[bold]{r['optimizer']}[/bold] (best)" if i == best else r["optimizer"],
+            _g(r["learning_rate"]), f"{r['final_loss']:.3e}", "" if d is None else f"{d:.2e}",
+            r["status"], str(r["steps"]),
+        )
+    return table
+
+
+def _sort_key(row: dict[str, Any]) -> float:
+    loss = row["final_loss"]
+    return math.inf if row["status"] == "diverged" or not math.isfinite(loss) else loss
+
+
+def _race_picture(f, rows, paths, path: Path, steps: int, report: Reporter) -> Path:
+    import numpy as np
+
+    from gdjax import plot
+
+    curves = {
+        f"{r['optimizer']} (lr {_g(r['learning_rate'])}): {r['final_loss']:.1e}": paths[
+            r["optimizer"]]
+        for r in rows
+    }
+    domain = None
+    if getattr(f, "domain", None) is None:  # a user's function: frame the runs that stayed
+        kept = [paths[r["optimizer"]] for r in rows if r["status"] != "diverged"] or list(
+            paths.values())
+        points = np.concatenate(kept)
+        lo, hi = points.min(axis=0), points.max(axis=0)
+        pad = np.maximum(0.15 * (hi - lo), 0.5)
+        domain = np.stack([lo - pad, hi + pad], axis=1)
+    with report.task("drawing the race"):
+        plot.trajectories(f, curves, domain=domain, path=path,
+                          title=f"{_name(f, 'f')}: {steps} steps (legend: final loss)")
+    return path
+
+
+def run_sweep(args: argparse.Namespace) -> int:
+    """``gdjax sweep``: a grid of learning rates x starts x seeds; table, files, pictures."""
+    import numpy as np
+
+    from gdjax.sweep import sweep
+
+    report = Reporter(args.json)
+    f = objective(args.function)
+    hyper = _hyperparameters(args.hp)
+    f, x0 = _start(f, args.x0, dim=args.dim)
+    grid: dict[str, Any] = {"learning_rate": args.lr}
+    zipped = ()
+    if args.starts * args.seeds > 1:
+        lo, hi = _box(f, args.box, x0.size)
+        grid["seed"] = np.repeat(np.arange(args.seeds), args.starts)
+        grid["x0"] = np.concatenate([
+            np.random.default_rng(s).uniform(lo, hi, (args.starts, x0.size))
+            for s in range(args.seeds)
+        ]).reshape(-1, *x0.shape).astype(x0.dtype)
+        zipped = [("seed", "x0")]
+    count = len(args.lr) * args.starts * args.seeds
+    with report.task(f"sweeping {count} configs x {args.steps} steps"):
+        res = sweep(f, x0, args.optimizer, grid=grid, zip_axes=zipped, steps=args.steps,
+                    tol=args.tol, progress=False, **hyper)
+    report.table(res.table(top=args.top))
+    summary = _sweep_summary(res)
+    report.line(_best_line(summary))
+    files = _write_sweep(res, f, args.out, "sweep", plots=not args.no_plots, report=report)
+    _wrote(report, files)
+    report.json({"function": args.function, "optimizer": args.optimizer, "steps": args.steps,
+                 **summary, "files": files})
+    return 0
+
+
+def _sweep_summary(res: Any) -> dict[str, Any]:
+    summary: dict[str, Any] = {"configs": len(res), "counts": res.counts()}
+    try:
+        best = res.best()
+    except ValueError:
+        summary["best"] = None
+    else:
+        summary["best"] = {"index": best.index, "config": best.config, "final_loss": best.loss,
+                           "params": best.params, "status": str(res.status[best.index])}
+    return summary
+
+
+def _best_line(summary: dict[str, Any]) -> str:
+    best = summary["best"]
+    if best is None:
+        return "[red]every config diverged[/red]: try smaller learning rates"
+    config = ", ".join(f"{k}={_cell(v)}" for k, v in best["config"].items())
+    return (f"best: config {best['index']} ({config}): final loss {best['final_loss']:.6g}, "
+            f"{best['status']}, x = {_cell(best['params'])}")
+
+
+def _cell(value: Any) -> str:
+    import numpy as np
+
+    if isinstance(value, float):
+        return _g(value)
+    if isinstance(value, np.ndarray):
+        return np.array2string(value.ravel() if value.size <= 6 else value.ravel()[:6],
+                               precision=4, separator=", ") + ("" if value.size <= 6 else "...")
+    return str(value)
+
+
+def _write_sweep(res: Any, f: Any, out: Path, stem: str, *, plots: bool, report: Reporter,
+                 boundary: float | None = None) -> dict[str, Path]:
+    """The sweep's CSV and JSON, and its pictures: loss curves, final loss vs learning rate and,
+    for a 2-D function with several starts and several known minimisers, a basin map."""
+    import numpy as np
+
+    out.mkdir(parents=True, exist_ok=True)
+    files = {"csv": out / f"{stem}.csv", "json": out / f"{stem}.json"}
+    res.to_csv(files["csv"])
+    res.to_json(files["json"])
+    if not plots:
+        return files
+    from gdjax import plot
+
+    minimum = getattr(f, "minimum", None)
+    minimum = minimum if minimum is not None and math.isfinite(minimum) and minimum != 0 else None
+    lrs = np.asarray(res.grid["learning_rate"])
+    name = _name(f, "f")
+    with report.task("drawing the sweep"):
+        # One curve per learning rate (the first start and seed): thousands of lines say less.
+        first = np.unique(lrs, return_index=True)[1]
+        files["loss_curves"] = out / f"{stem}_loss_curves.png"
+        plot.loss_curves(res.history.step[first], res.history.loss[first], lrs[first],
+                         status=res.status[first], minimum=minimum,
+                         title=f"{name}: loss by learning rate", path=files["loss_curves"])
+        files["final_loss"] = out / f"{stem}_final_loss.png"
+        plot.loss_vs_learning_rate(lrs, res.final_loss, res.status, minimum=minimum,
+                                   boundary=boundary, path=files["final_loss"],
+                                   title=f"{name}: final loss vs learning rate ({len(res)} "
+                                   "configs)")
+        starts = res.grid.get("x0")
+        minimizers = getattr(f, "minimizers", None)
+        if starts is not None and np.shape(starts)[1:] == (2,) and minimizers is not None \
+                and len(minimizers) > 1:
+            best_lr = lrs[res.best().index] if res.counts()["diverged"] < len(res) else lrs[0]
+            at = lrs == best_lr
+            files["basins"] = out / f"{stem}_basins.png"
+            plot.basin_map(starts[at], res.params[at], res.status[at], minimizers, f=f,
+                           title=f"{name}: basins at learning rate {_g(best_lr)}",
+                           path=files["basins"])
+    return files
+
+
+def _wrote(report: Reporter, files: dict[str, Path]) -> None:
+    report.line("wrote " + "\n      ".join(str(p) for p in files.values()))
+
+
+def _write_csv(path: Path, rows: list[dict[str, Any]]) -> Path:
+    import csv
+
+    with open(path, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
+def _optimizer_names(text: str) -> list[str]:
+    from gdjax.optimizers import OPTIMIZERS
+
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    unknown = [n for n in names if n not in OPTIMIZERS]
+    if not names or unknown:
+        raise UsageError(f"--optimizers must name some of {', '.join(OPTIMIZERS)}, got {text!r}")
+    return names
+
+
+def _one_learning_rate(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not (value > 0 and math.isfinite(value)):
+        raise UsageError(f"--lr must be 'auto' or a positive number, got {text!r}")
+    return value
+
+
+def _hyperparameters(pairs: list[str]) -> dict[str, float]:
+    out = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        try:
+            out[name.strip()] = float(value)
+        except ValueError:
+            sep = ""
+        if not sep or not name.strip():
+            raise UsageError(f"--hp expects NAME=VALUE with a number, got {pair!r}")
+    return out
+
+
+def _start(f: Any, x0: list[float] | None, dim: int | None) -> tuple[Any, Any]:
+    """The function (in ``dim`` dimensions) and the start as a float32 array: ``--x0``, else the
+    function's own."""
+    import numpy as np
+
+    if dim is None and x0 is not None and getattr(f, "dim", 0) is None:
+        dim = len(x0)  # a built-in of any dimension takes the dimension of --x0
+    if hasattr(f, "in_dim") and dim is not None:
+        f = f.in_dim(dim)
+    if x0 is not None:
+        start = np.asarray(x0, np.float32)
+        if dim is not None and start.size != dim:
+            raise UsageError(f"--x0 has {start.size} coordinates but --dim is {dim}")
+    elif hasattr(f, "start"):
+        start = np.asarray(f.start, np.float32)
+    elif dim is not None:
+        start = np.zeros(dim, np.float32)
+    else:
+        raise UsageError("a module:function needs a start: give --x0 X1,X2,... or --dim N")
+    return f, start
+
+
+def _box(f: Any, box: tuple[float, float] | None, dim: int) -> tuple[Any, Any]:
+    import numpy as np
+
+    if box is not None:
+        return np.full(dim, box[0]), np.full(dim, box[1])
+    domain = getattr(f, "domain", None)
+    if domain is None:
+        return np.full(dim, -1.0), np.full(dim, 1.0)
+    domain = np.asarray(domain if len(domain) == dim else [domain[0]] * dim)
+    return domain[:, 0], domain[:, 1]
+
+
+def _name(f: Any, fallback: str) -> str:
+    return getattr(f, "name", None) or getattr(f, "__name__", fallback)
+
+
+def _point(x: Any) -> str:
+    return "(" + ", ".join(f"{float(v):g}" for v in x.ravel()) + ")"
+
+
+# --------------------------------------------------------------------------------------------
+# The parser.
+
+_EPILOG_DEMO = """examples:
+  gdjax demo                 # everything, written to ./gdjax-out
+  gdjax demo --out results   # elsewhere
+  gdjax demo --json          # the summary as JSON on stdout
+"""
+
+_EPILOG_SWEEP = """examples:
+  gdjax sweep rosenbrock --optimizer sgd --lr 1e-4:1e-2:32
+  gdjax sweep himmelblau --optimizer adam --lr 0.05 --starts 256 --steps 500
+  gdjax sweep mymodule:loss --dim 10 --lr 1e-3:1:16 --seeds 4 --out sweep-out --json
+  gdjax sweep rosenbrock --optimizer momentum --lr 1e-4:1e-2:16 --hp momentum=0.95
+
+The grid is the product of the learning rates, the starts and the seeds: --lr 1e-4:1e-1:64
+--starts 4 --seeds 2 runs 512 configs, all in one compiled program.
+"""
+
+_EPILOG_CHECK = """examples:
+  gdjax check mymodule:loss --shape 6
+  gdjax check mymodule:loss --shape 3,4 --dtype float32 --seed 1
+  gdjax check mymodule:loss --point x.npy --json
+
+Exit status: 0 when autodiff and finite differences agree, 1 when they do not, 2 for bad usage.
+"""
+
+_EPILOG_RACE = """examples:
+  gdjax race                              # the six optimisers on Rosenbrock
+  gdjax race beale --steps 2000
+  gdjax race himmelblau --optimizers sgd,adam --lr 0.01 --x0 0,0
+
+With --lr auto (the default) each optimiser runs with its best learning rate from a log grid,
+so the race compares optimisers, not the luck of one learning rate.
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``gdjax`` argument parser with its four subcommands."""
+    from gdjax import __version__
+
+    parser = _Parser(
+        prog="gdjax",
+        description="Gradient descent you can verify and sweep, on JAX.",
+        epilog="Run 'gdjax COMMAND --help' for the options of a command, with examples.",
+    )
+    parser.add_argument("--version", action="version", version=f"gdjax {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True,
+                                     parser_class=_Parser)
+    raw = argparse.RawDescriptionHelpFormatter
+
+    demo = commands.add_parser(
+        "demo", help="the seed's example, an optimiser race, a learning-rate sweep and "
+        "gradient checks, written to a folder", epilog=_EPILOG_DEMO, formatter_class=raw,
+        description="Reproduce the seed's gradient-descent example, race the optimisers on "
+        "Rosenbrock, sweep learning rates on the seed's function, check the gradients of the "
+        "built-in functions, and write tables and pictures to a folder.",
+    )
+    _output_options(demo, default_out="gdjax-out")
+    demo.set_defaults(run=run_demo)
+
+    sweep = commands.add_parser(
+        "sweep", help="a grid of learning rates x starts x seeds in one compiled program",
+        epilog=_EPILOG_SWEEP, formatter_class=raw,
+        description="Run an optimiser on a grid of learning rates, starting points and seeds; "
+        "print the results table and the best config; write CSV, JSON and plots.",
+    )
+    sweep.add_argument("function", nargs="?", default="rosenbrock",
+                       help="a built-in test function (default: rosenbrock) or a user's "
+                       "module:function taking one array")
+    sweep.add_argument("--optimizer", default="sgd", metavar="NAME",
+                       help="sgd, momentum, nesterov, adagrad, rmsprop, adam or adamw "
+                       "(default: sgd)")
+    sweep.add_argument("--lr", type=learning_rates, default=learning_rates("1e-4:1e-1:16"),
+                       metavar="GRID", help="learning rates: LO:HI:N for N log-spaced values, "
+                       "A,B,C, or one number (default: 1e-4:1e-1:16)")
+    sweep.add_argument("--starts", type=positive_int, default=1, metavar="N",
+                       help="number of starting points: 1 is the function's suggested start "
+                       "(or --x0); N > 1 draws N starts uniformly in --box (default: 1)")
+    sweep.add_argument("--seeds", type=positive_int, default=1, metavar="N",
+                       help="number of seeds 0..N-1; each seed draws its own random starts "
+                       "(default: 1)")
+    sweep.add_argument("--steps", type=positive_int, default=1000, metavar="N",
+                       help="updates per run (default: 1000)")
+    sweep.add_argument("--tol", type=float, default=None, metavar="TOL",
+                       help="stop a run once its gradient norm is <= TOL (default: run all steps)")
+    _start_options(sweep)
+    sweep.add_argument("--hp", action="append", default=[], metavar="NAME=VALUE",
+                       help="a fixed hyperparameter of the optimiser, e.g. momentum=0.95 or "
+                       "b1=0.8 (repeatable)")
+    sweep.add_argument("--top", type=positive_int, default=10, metavar="N",
+                       help="rows of the results table, best first (default: 10)")
+    _output_options(sweep, default_out="gdjax-sweep")
+    sweep.set_defaults(run=run_sweep)
+
+    check = commands.add_parser(
+        "check", help="verify a function's gradient against finite differences (exit 0/1)",
+        epilog=_EPILOG_CHECK, formatter_class=raw,
+        description="Compare jax.grad of a user's scalar function with finite differences at a "
+        "random point (or one loaded from a .npy file) and print the report.",
+    )
+    check.add_argument("target", metavar="module:function",
+                       help="the function to check, imported from the current directory or "
+                       "PYTHONPATH; it takes one array and returns a scalar")
+    where = check.add_mutually_exclusive_group(required=True)
+    where.add_argument("--shape", type=shape, metavar="SHAPE",
+                       help="shape of the random point, e.g. 6 or 3,4")
+    where.add_argument("--point", type=Path, metavar="FILE.npy",
+                       help="check at the array stored in this .npy file instead")
+    check.add_argument("--dtype", choices=("float32", "float64"), default=None,
+                       help="dtype of the point (default: float64 for a random point, the "
+                       "file's dtype for --point); float64 runs inside jax.enable_x64")
+    check.add_argument("--seed", type=nonnegative_int, default=0, metavar="N",
+                       help="seed of the random standard-normal point (default: 0)")
+    check.add_argument("--order", type=int, choices=(1, 2), default=1,
+                       help="2 also checks Hessian-vector products (default: 1)")
+    check.add_argument("--rtol", type=float, default=None, metavar="RTOL",
+                       help="relative tolerance (default: sqrt(eps) of the point's dtype)")
+    check.add_argument("--atol", type=float, default=None, metavar="ATOL",
+                       help="absolute tolerance (default: 1e-3 rtol max|grad|)")
+    check.add_argument("--json", action="store_true",
+                       help="print the report as JSON on stdout")
+    check.set_defaults(run=run_check)
+
+    race = commands.add_parser(
+        "race", help="several optimisers on one 2-D function, drawn on its contour plot",
+        epilog=_EPILOG_RACE, formatter_class=raw,
+        description="Run several optimisers from one start on a 2-D function, print how close "
+        "each got, and draw their trajectories on the function's contour plot.",
+    )
+    race.add_argument("function", nargs="?", default="rosenbrock",
+                      help="a built-in 2-D test function (default: rosenbrock) or "
+                      "module:function")
+    race.add_argument("--optimizers", default=",".join(OPTIMIZER_RACE), metavar="A,B,...",
+                      help=f"comma-separated optimiser names (default: {','.join(OPTIMIZER_RACE)})")
+    race.add_argument("--lr", default="auto", metavar="LR",
+                      help="one learning rate for all, or 'auto': each optimiser's best on a "
+                      "log grid from 1e-4 to 1 (default: auto)")
+    race.add_argument("--steps", type=positive_int, default=1000, metavar="N",
+                      help="updates per optimiser (default: 1000)")
+    race.add_argument("--x0", type=point, default=None, metavar="X,Y",
+                      help="the start (default: the function's suggested start)")
+    _output_options(race, default_out="gdjax-race")
+    race.set_defaults(run=run_race)
+    return parser
+
+
+def _start_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--x0", type=point, default=None, metavar="X1,X2,...",
+                        help="the start when --starts is 1 (default: the function's suggested "
+                        "start)")
+    parser.add_argument("--dim", type=positive_int, default=None, metavar="N",
+                        help="dimension of the starts, for a module:function without --x0 or a "
+                        "built-in of any dimension such as rosenbrock (default: 2)")
+    parser.add_argument("--box", type=box, default=None, metavar="LO:HI",
+                        help="range of every coordinate of random starts (default: the "
+                        "function's domain, -1:1 for a module:function)")
+
+
+def _output_options(parser: argparse.ArgumentParser, default_out: str) -> None:
+    parser.add_argument("--out", type=Path, default=Path(default_out), metavar="DIR",
+                        help=f"folder for tables and pictures (default: ./{default_out})")
+    parser.add_argument("--no-plots", action="store_true",
+                        help="write tables only, no pictures (no matplotlib needed)")
+    parser.add_argument("--json", action="store_true",
+                        help="print a JSON summary on stdout instead of tables")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the ``gdjax`` command line; returns the exit status.
+
+    Args:
+      argv: the arguments after the program name; ``sys.argv[1:]`` when ``None``.
+
+    Returns:
+      0 on success, 1 when ``gdjax check`` finds a wrong gradient, 2 for bad usage.
+    """
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    prog = f"gdjax {args.command}"
+    try:
+        return args.run(args)
+    except (UsageError, ValueError, TypeError) as e:
+        # Library input errors name the argument and its value; a command line can only have
+        # passed a bad value, so they are usage errors too.
+        print(f"{prog}: error: {_one_line(e)}", file=sys.stderr)
+        return 2
+    except ImportError as e:
+        print(f"{prog}: error: {_one_line(e)}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return 130
+
+
+def _one_line(error: BaseException) -> str:
+    return " ".join(str(error).split()) or type(error).__name__
+
+
+if __name__ == "__main__":
+    sys.exit(main())
