@@ -194,7 +194,7 @@ def minimize(
     Example:
       >>> import gdjax, jax.numpy as jnp
       >>> res = gdjax.minimize(gdjax.functions.rosenbrock, jnp.array([-1.2, 1.0]),
-      ...                      "adam", learning_rate=0.02, steps=3000, tol=1e-4)
+      ...                      "adam", learning_rate=0.05, steps=3000, tol=1e-4)
       >>> res.status, bool(jnp.allclose(res.params, 1.0, atol=1e-2))
       ('converged', True)
     """

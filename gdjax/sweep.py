@@ -32,9 +32,9 @@ the objective is deterministic, so ``seed`` only draws the random axes (e.g. a r
 ``x0`` box); with no random axis, configs that differ only in their seed are replicas.
 
 Example:
-  >>> import numpy as np, gdjax.sweep as S
+  >>> import numpy as np, gdjax
   >>> f = lambda x: 0.5 * 4.0 * (x**2).sum()  # curvature a = 4: gradient descent needs eta < 0.5
-  >>> res = S.sweep(f, np.array([1.0]), "sgd", grid={"learning_rate": [0.1, 0.3, 0.6]},
+  >>> res = gdjax.sweep(f, np.array([1.0]), "sgd", grid={"learning_rate": [0.1, 0.3, 0.6]},
   ...               steps=300, tol=1e-6)
   >>> res.status.tolist(), res.diverged_at.tolist()
   (['converged', 'converged', 'diverged'], [-1, -1, 161])
@@ -196,10 +196,10 @@ def sweep(
         checkpoint directory that holds a different sweep.
 
     Example:
-      >>> import numpy as np, gdjax.sweep as S
+      >>> import numpy as np, gdjax
       >>> from gdjax import functions
-      >>> res = S.sweep(functions.himmelblau, np.zeros(2), "sgd", steps=500, tol=1e-4,
-      ...               grid={"x0": S.starts_grid(functions.himmelblau.domain, 3),
+      >>> res = gdjax.sweep(functions.himmelblau, np.zeros(2), "sgd", steps=500, tol=1e-4,
+      ...               grid={"x0": gdjax.starts_grid(functions.himmelblau.domain, 3),
       ...                     "learning_rate": [0.01]})
       >>> len(res), res.counts()["converged"]
       (9, 9)
