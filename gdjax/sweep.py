@@ -34,10 +34,10 @@ the objective is deterministic, so ``seed`` only draws the random axes (e.g. a r
 Example:
   >>> import numpy as np, gdjax
   >>> f = lambda x: 0.5 * 4.0 * (x**2).sum()  # curvature a = 4: gradient descent needs eta < 0.5
-  >>> res = gdjax.sweep(f, np.array([1.0]), "sgd", grid={"learning_rate": [0.1, 0.3, 0.6]},
-  ...               steps=300, tol=1e-6)
-  >>> res.status.tolist(), res.diverged_at.tolist()
-  (['converged', 'converged', 'diverged'], [-1, -1, 161])
+  >>> res = gdjax.sweep(f, np.float32([1.0]), "sgd", grid={"learning_rate": [0.1, 0.3, 0.6]},
+  ...                   steps=300, tol=1e-6)
+  >>> res.status.tolist(), res.diverged_at.tolist()  # float32 overflows at |1 - 0.6 a|^131
+  (['converged', 'converged', 'diverged'], [-1, -1, 131])
 """
 
 from __future__ import annotations
@@ -199,8 +199,8 @@ def sweep(
       >>> import numpy as np, gdjax
       >>> from gdjax import functions
       >>> res = gdjax.sweep(functions.himmelblau, np.zeros(2), "sgd", steps=500, tol=1e-4,
-      ...               grid={"x0": gdjax.starts_grid(functions.himmelblau.domain, 3),
-      ...                     "learning_rate": [0.01]})
+      ...                   grid={"x0": gdjax.starts_grid(functions.himmelblau.domain, 3),
+      ...                         "learning_rate": [0.01]})
       >>> len(res), res.counts()["converged"]
       (9, 9)
     """

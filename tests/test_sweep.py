@@ -122,12 +122,13 @@ def test_minimize_style_float64_and_numerical_gradient():
 def test_fit_style_equals_fit(regression):
     data, p0 = regression
     res = sweep(linear_loss, p0, "momentum", data=data, epochs=3, momentum=0.5, progress=False,
-                grid={"learning_rate": [0.02, 0.1], "batch_size": [16, 48], "seed": [0, 7]})
-    assert len(res) == 8
-    assert res.grid["batch_size"].tolist() == [16, 16, 48, 48] * 2  # grid order kept
+                grid={"batch_size": [16, 48, 8], "seed": [0, 7]}, learning_rate=0.05)
+    assert len(res) == 6
+    assert res.grid["batch_size"].tolist() == [16, 16, 48, 48, 8, 8]  # grid order kept
     for i in range(len(res)):
         c = res.config(i)
-        alone = fit(linear_loss, p0, data, optimizer="momentum", momentum=0.5, epochs=3, **c)
+        alone = fit(linear_loss, p0, data, optimizer="momentum", momentum=0.5, epochs=3,
+                    learning_rate=0.05, **c)
         np.testing.assert_allclose(res.params["w"][i], alone.params["w"], rtol=RTOL, atol=1e-6)
         np.testing.assert_allclose(res.final_loss[i], alone.loss, rtol=RTOL)
         np.testing.assert_allclose(res.history.loss[i], alone.history.loss, rtol=RTOL)
