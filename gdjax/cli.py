@@ -18,10 +18,11 @@ import json
 import math
 import os
 import sys
+import textwrap
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, NamedTuple, NoReturn
 
 from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
@@ -265,12 +266,13 @@ def run_demo(args: argparse.Namespace) -> int:
     report.table(_rows_table("1. the seed's example, float64", seed))
 
     f = functions.rosenbrock
-    rows, paths = race(f, np.asarray(f.start, np.float32), list(OPTIMIZER_RACE), lr=None,
-                       steps=1000, report=report)
+    result = race(f, np.asarray(f.start, np.float32), list(OPTIMIZER_RACE), lr=None,
+                  steps=1000, report=report)
+    rows = result.rows
     report.table(_race_table(rows, "2. optimiser race on Rosenbrock, 1000 steps"))
     files["race_table"] = _write_csv(out / "race.csv", rows)
     if not args.no_plots:
-        files["race"] = _race_picture(f, rows, paths, out / "race_rosenbrock.png", 1000, report)
+        files["race"] = _race_picture(f, result, out / "race_rosenbrock.png", report)
 
     # The seed's function has Hessian 2 I, so L = 2: gradient descent diverges for lr > 2/L = 1.
     f2 = functions.function_2
@@ -421,12 +423,13 @@ def run_race(args: argparse.Namespace) -> int:
     names = _optimizer_names(args.optimizers)
     lr = None if args.lr == "auto" else _one_learning_rate(args.lr)
     f, x0 = _start(f, args.x0, dim=None)
-    rows, paths = race(f, x0, names, lr=lr, steps=args.steps, report=report)
+    result = race(f, x0, names, lr=lr, steps=args.steps, report=report)
+    rows = result.rows
     report.table(_race_table(rows, f"race on {_name(f, args.function)} from {_point(x0)}, "
                                    f"{args.steps} steps"))
     files = {}
     if not args.no_plots and x0.size == 2:
-        files["race"] = _race_picture(f, rows, paths, args.out / "race.png", args.steps, report)
+        files["race"] = _race_picture(f, result, args.out / "race.png", report)
     elif not args.no_plots:
         report.line(f"(no picture: the start has {x0.size} coordinates, the contour plot needs 2)")
     args.out.mkdir(parents=True, exist_ok=True)
@@ -437,9 +440,24 @@ def run_race(args: argparse.Namespace) -> int:
     return 0
 
 
+class Race(NamedTuple):
+    """The outcome of :func:`race`.
+
+    Attributes:
+      rows: one per optimiser: name, learning rate, final loss, distance to the nearest known
+        minimiser (``None`` when none is known), status, steps.
+      paths: optimiser name -> ``(T, n)`` recorded iterates.
+      steps: ``(T,)`` the step of each recorded iterate.
+    """
+
+    rows: list[dict[str, Any]]
+    paths: dict[str, Any]
+    steps: Any
+
+
 def race(
     f: Callable, x0: Any, names: list[str], *, lr: float | None, steps: int, report: Reporter
-) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+) -> Race:
     """Each optimiser from ``x0``: with ``lr``, or with its best learning rate when ``None``.
 
     One sweep per optimiser runs every candidate learning rate in one compiled program and
@@ -447,8 +465,7 @@ def race(
     run wins (a run bouncing around the valley does not win by a lucky last step).
 
     Returns:
-      One row per optimiser (name, learning rate, final loss, distance to the nearest known
-      minimiser, status, steps) and ``name -> (T, 2) trajectory``.
+      A :class:`Race`.
     """
     import numpy as np
 
@@ -473,7 +490,7 @@ def race(
             })
             paths[name] = np.asarray(res.history.params[i]).reshape(-1, x0.size)
             advance()
-    return rows, paths
+    return Race(rows, paths, np.asarray(res.history.step[0]))
 
 
 def _steadiest(res: Any) -> int:
@@ -506,11 +523,12 @@ def _sort_key(row: dict[str, Any]) -> float:
     return math.inf if row["status"] == "diverged" or not math.isfinite(loss) else loss
 
 
-def _race_picture(f, rows, paths, path: Path, steps: int, report: Reporter) -> Path:
+def _race_picture(f: Any, result: Race, path: Path, report: Reporter) -> Path:
     import numpy as np
 
     from gdjax import plot
 
+    rows, paths = result.rows, result.paths
     curves = {
         f"{r['optimizer']} (lr {_g(r['learning_rate'])}): {r['final_loss']:.1e}": paths[
             r["optimizer"]]
@@ -525,8 +543,9 @@ def _race_picture(f, rows, paths, path: Path, steps: int, report: Reporter) -> P
         pad = np.maximum(0.15 * (hi - lo), 0.5)
         domain = np.stack([lo - pad, hi + pad], axis=1)
     with report.task("drawing the race"):
-        plot.trajectories(f, curves, domain=domain, path=path,
-                          title=f"{_name(f, 'f')}: {steps} steps (legend: final loss)")
+        plot.trajectories(f, curves, domain=domain, steps=result.steps, path=path,
+                          title=f"{_name(f, 'f')}: {int(result.steps[-1])} steps from "
+                          f"{_point(next(iter(paths.values()))[0])} (legend: final loss)")
     return path
 
 
@@ -543,6 +562,9 @@ def run_sweep(args: argparse.Namespace) -> int:
     grid: dict[str, Any] = {"learning_rate": args.lr}
     zipped = ()
     if args.starts * args.seeds > 1:
+        if args.x0 is not None:
+            raise UsageError(f"--x0 is one start, but --starts {args.starts} --seeds "
+                             f"{args.seeds} asks for random ones: give one or the other")
         lo, hi = _box(f, args.box, x0.size)
         grid["seed"] = np.repeat(np.arange(args.seeds), args.starts)
         grid["x0"] = np.concatenate([
@@ -765,6 +787,11 @@ so the race compares optimisers, not the luck of one learning rate.
 """
 
 
+def _wrap(text: str) -> str:
+    """A paragraph for help pages whose formatter keeps the epilog's line breaks."""
+    return textwrap.fill(text, 79)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``gdjax`` argument parser with its four subcommands."""
     from gdjax import __version__
@@ -782,9 +809,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo = commands.add_parser(
         "demo", help="the seed's example, an optimiser race, a learning-rate sweep and "
         "gradient checks, written to a folder", epilog=_EPILOG_DEMO, formatter_class=raw,
-        description="Reproduce the seed's gradient-descent example, race the optimisers on "
+        description=_wrap("Reproduce the seed's gradient-descent example, race the optimisers on "
         "Rosenbrock, sweep learning rates on the seed's function, check the gradients of the "
-        "built-in functions, and write tables and pictures to a folder.",
+        "built-in functions, and write tables and pictures to a folder."),
     )
     _output_options(demo, default_out="gdjax-out")
     demo.set_defaults(run=run_demo)
@@ -792,8 +819,10 @@ def build_parser() -> argparse.ArgumentParser:
     sweep = commands.add_parser(
         "sweep", help="a grid of learning rates x starts x seeds in one compiled program",
         epilog=_EPILOG_SWEEP, formatter_class=raw,
-        description="Run an optimiser on a grid of learning rates, starting points and seeds; "
-        "print the results table and the best config; write CSV, JSON and plots.",
+        description=_wrap(
+            "Run an optimiser on a grid of learning rates, starting points and seeds; print the "
+            "results table and the best config; write CSV, JSON and plots."
+        ),
     )
     sweep.add_argument("function", nargs="?", default="rosenbrock",
                        help="a built-in test function (default: rosenbrock) or a user's "
@@ -805,11 +834,12 @@ def build_parser() -> argparse.ArgumentParser:
                        metavar="GRID", help="learning rates: LO:HI:N for N log-spaced values, "
                        "A,B,C, or one number (default: 1e-4:1e-1:16)")
     sweep.add_argument("--starts", type=positive_int, default=1, metavar="N",
-                       help="number of starting points: 1 is the function's suggested start "
-                       "(or --x0); N > 1 draws N starts uniformly in --box (default: 1)")
+                       help="starting points per seed; with --starts 1 --seeds 1 (the default) "
+                       "the run starts at --x0 or the function's suggested start, otherwise "
+                       "each seed draws N starts uniformly in --box")
     sweep.add_argument("--seeds", type=positive_int, default=1, metavar="N",
-                       help="number of seeds 0..N-1; each seed draws its own random starts "
-                       "(default: 1)")
+                       help="seeds 0..N-1 of the random starts; the table and files name each "
+                       "config's seed (default: 1)")
     sweep.add_argument("--steps", type=positive_int, default=1000, metavar="N",
                        help="updates per run (default: 1000)")
     sweep.add_argument("--tol", type=float, default=None, metavar="TOL",
@@ -826,8 +856,10 @@ def build_parser() -> argparse.ArgumentParser:
     check = commands.add_parser(
         "check", help="verify a function's gradient against finite differences (exit 0/1)",
         epilog=_EPILOG_CHECK, formatter_class=raw,
-        description="Compare jax.grad of a user's scalar function with finite differences at a "
-        "random point (or one loaded from a .npy file) and print the report.",
+        description=_wrap(
+            "Compare jax.grad of a user's scalar function with finite differences at a random "
+            "point (or one loaded from a .npy file) and print the report."
+        ),
     )
     check.add_argument("target", metavar="module:function",
                        help="the function to check, imported from the current directory or "
@@ -855,8 +887,10 @@ def build_parser() -> argparse.ArgumentParser:
     race = commands.add_parser(
         "race", help="several optimisers on one 2-D function, drawn on its contour plot",
         epilog=_EPILOG_RACE, formatter_class=raw,
-        description="Run several optimisers from one start on a 2-D function, print how close "
-        "each got, and draw their trajectories on the function's contour plot.",
+        description=_wrap(
+            "Run several optimisers from one start on a 2-D function, print how close each got, "
+            "and draw their trajectories on the function's contour plot."
+        ),
     )
     race.add_argument("function", nargs="?", default="rosenbrock",
                       help="a built-in 2-D test function (default: rosenbrock) or "
@@ -880,8 +914,9 @@ def _start_options(parser: argparse.ArgumentParser) -> None:
                         help="the start when --starts is 1 (default: the function's suggested "
                         "start)")
     parser.add_argument("--dim", type=positive_int, default=None, metavar="N",
-                        help="dimension of the starts, for a module:function without --x0 or a "
-                        "built-in of any dimension such as rosenbrock (default: 2)")
+                        help="dimension of the start, for a module:function without --x0 or a "
+                        "built-in of any dimension such as rosenbrock (default: the length of "
+                        "--x0 or of the function's suggested start)")
     parser.add_argument("--box", type=box, default=None, metavar="LO:HI",
                         help="range of every coordinate of random starts (default: the "
                         "function's domain, -1:1 for a module:function)")

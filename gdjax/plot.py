@@ -57,11 +57,15 @@ def trajectories(
     minimizers: Any = None,
     log_levels: bool | None = None,
     levels: int = 30,
+    steps: Any = None,
     title: str | None = None,
     path: str | os.PathLike | None = None,
     dpi: int = 100,
 ) -> Figure:
     """The classic optimiser comparison: paths drawn over the contour plot of ``f``.
+
+    With ``steps``, a second panel draws ``f`` along each path against the step: where the
+    contour plot shows which way each optimiser went, the second shows how fast it got there.
 
     Args:
       f: a scalar function of a 2-vector (e.g. :data:`gdjax.functions.rosenbrock`).
@@ -74,7 +78,9 @@ def trajectories(
       log_levels: log-spaced contour levels (right for Rosenbrock-like valleys, whose values
         span many decades); chosen automatically when ``None``.
       levels: number of contour levels.
-      title: the axes title; ``f.name`` by default.
+      steps: ``(T,)`` the step of each point of the paths (``result.history.step``), shared by
+        every path; adds the panel of ``f`` along the paths.
+      title: the title; ``f.name`` by default.
       path: where to save the figure (``.png``, ``.svg``, ...), or ``None``.
       dpi: resolution of a saved raster image.
 
@@ -82,17 +88,27 @@ def trajectories(
       The figure.
 
     Raises:
-      ValueError: if a path is not a ``(T, 2)`` array or ``domain`` is not two ``(lo, hi)`` pairs.
+      ValueError: if a path is not a ``(T, 2)`` array, ``domain`` is not two ``(lo, hi)`` pairs,
+        or ``steps`` does not have one entry per point of every path.
     """
     Figure, colors = _matplotlib("Figure", "colors")
     curves = {label: _as_path(label, p) for label, p in paths.items()}
+    if steps is not None:
+        steps = np.asarray(steps).reshape(-1)
+        lengths = {label: len(xy) for label, xy in curves.items()}
+        if any(n != steps.size for n in lengths.values()):
+            raise ValueError(f"steps has {steps.size} entries but the paths have {lengths} points")
     box = _domain(f, domain, curves.values())
     if minimizers is None:
         minimizers = getattr(f, "minimizers", np.zeros((0, 2)))
     minimizers = np.asarray(minimizers, dtype=float).reshape(-1, 2)
 
-    fig = Figure(figsize=(7.0, 5.6), layout="constrained")
-    ax = fig.add_subplot()
+    if steps is None:
+        fig = Figure(figsize=(7.0, 5.6), layout="constrained")
+        ax = fig.add_subplot()
+    else:
+        fig = Figure(figsize=(12.0, 5.2), layout="constrained")
+        ax, by_step = fig.subplots(1, 2, width_ratios=(1.25, 1.0))
     xs, ys, zs = _grid_values(f, box, 300)
     if log_levels is None:
         log_levels = _spans_decades(zs)
@@ -110,21 +126,40 @@ def trajectories(
     if log_levels:
         bar.set_ticks([t for t in 10.0 ** np.arange(-12, 13) if lo <= t <= np.max(zs)])
 
+    # Shorter paths on top: a slow optimiser's crawl would vanish under a fast one's swings.
+    lengths = [np.nansum(np.linalg.norm(np.diff(xy, axis=0), axis=1)) for xy in curves.values()]
+    order = np.argsort(np.argsort(lengths))
     for i, (label, xy) in enumerate(curves.items()):
-        color = _PALETTE[i % len(_PALETTE)]
-        ax.plot(xy[:, 0], xy[:, 1], "-", color=color, lw=1.8, label=label, alpha=0.95)
-        ax.plot(xy[-1, 0], xy[-1, 1], "^", color=color, ms=8, mec="black", mew=0.6)
+        color, z = _PALETTE[i % len(_PALETTE)], 4.0 - order[i] / len(curves)
+        ax.plot(xy[:, 0], xy[:, 1], "-", color=color, lw=1.8, label=label, alpha=0.95, zorder=z)
+        ax.plot(xy[-1, 0], xy[-1, 1], "^", color=color, ms=8, mec="black", mew=0.6, zorder=z)
+    markers = []
     if curves:
         start = next(iter(curves.values()))[0]
-        ax.plot(*start, "o", color="white", mec="black", ms=8, label="start", zorder=5)
+        markers += ax.plot(*start, "o", color="white", mec="black", ms=8, label="start",
+                           zorder=5)
     if len(minimizers):
-        ax.plot(minimizers[:, 0], minimizers[:, 1], "*", color="gold", mec="black", ms=15,
-                label="known minimiser" + ("s" if len(minimizers) > 1 else ""), zorder=5)
+        markers += ax.plot(minimizers[:, 0], minimizers[:, 1], "*", color="gold", mec="black",
+                           ms=15, label="known minimiser" + ("s" if len(minimizers) > 1 else ""),
+                           zorder=5)
 
-    ax.set(xlim=box[0], ylim=box[1], xlabel="$x_1$", ylabel="$x_2$",
-           title=getattr(f, "name", "f") if title is None else title)
-    ax.set_aspect("auto")
-    ax.legend(loc="best", fontsize="small", framealpha=0.9)
+    title = getattr(f, "name", "f") if title is None else title
+    ax.set(xlim=box[0], ylim=box[1], xlabel="$x_1$", ylabel="$x_2$")
+    if steps is None:
+        ax.set_title(title)
+        ax.legend(loc="best", fontsize="small", framealpha=0.9)
+        return _finish(fig, path, dpi)
+
+    fig.suptitle(title)
+    ax.legend(handles=markers, loc="best", fontsize="small", framealpha=0.9)
+    log_y, values = _log_floor(np.stack([_values_along(f, xy) for xy in curves.values()]))
+    for i, (label, v) in enumerate(zip(curves, values, strict=True)):
+        by_step.plot(steps, v, color=_PALETTE[i % len(_PALETTE)], lw=1.5, label=label)
+    if log_y:
+        by_step.set_yscale("log")
+    by_step.set(xlabel="step", ylabel="f(x)")
+    by_step.grid(True, alpha=0.3)
+    by_step.legend(loc="best", fontsize="small")
     return _finish(fig, path, dpi)
 
 
@@ -189,8 +224,7 @@ def loss_curves(
     fig, ax = _figure_and_axes(ax, (7.0, 4.6))
     norm = (colors.LogNorm if log_color else colors.Normalize)(values.min(), values.max())
     cmap = _matplotlib("colormaps")[0]["viridis"]
-    finite = losses[np.isfinite(losses)]
-    log_y = finite.size > 0 and bool(np.all(finite > 0))
+    log_y, losses = _log_floor(losses)
     diverged = status == "diverged"
     # A diverged run climbs by tens of decades before it stops; the axis ends a little above the
     # highest loss of the other runs and the start, and a cross marks where each run left it.
@@ -216,8 +250,8 @@ def loss_curves(
         ax.plot([], [], "x--", color="#d62728", label="diverged (cross: where it left the plot)")
         ax.legend(loc="best", fontsize="small")
     default_ylabel = "loss" if minimum is None else "f(x) - f*"
-    ax.set(xlabel=xlabel, ylabel=default_ylabel if ylabel is None else ylabel,
-           title=f"loss curves by {label}" if title is None else title)
+    ax.set(xlabel=xlabel, ylabel=default_ylabel if ylabel is None else ylabel)
+    ax.set_title(f"loss curves by {label}" if title is None else title, pad=10)
     ax.grid(True, which="major", alpha=0.3)
     return _finish(fig, path, dpi)
 
@@ -469,6 +503,19 @@ def _grid_values(f: Callable, box: Any, n: int) -> tuple[np.ndarray, np.ndarray,
     points = jnp.asarray(np.stack([gx.ravel(), gy.ravel()], axis=1), dtype=jnp.float32)
     zs = np.asarray(jax.jit(jax.vmap(f))(points), dtype=float).reshape(gx.shape)
     return gx, gy, np.where(np.isfinite(zs), zs, np.nanmax(np.where(np.isfinite(zs), zs, -np.inf)))
+
+
+def _log_floor(values: np.ndarray) -> tuple[bool, np.ndarray]:
+    """Whether ``values`` suit a log axis (none negative, some positive), and ``values`` with
+    exact zeros (a converged loss, an underflow) raised to the smallest positive value."""
+    finite = values[np.isfinite(values)]
+    if not (np.any(finite > 0) and np.all(finite >= 0)):
+        return False, values
+    return True, np.where(values == 0, np.min(finite[finite > 0]), values)
+
+
+def _values_along(f: Callable, xy: np.ndarray) -> np.ndarray:
+    return np.asarray(jax.vmap(f)(jnp.asarray(xy, dtype=jnp.float32)), dtype=float)
 
 
 def _spans_decades(z: np.ndarray) -> bool:

@@ -43,6 +43,22 @@ def test_trajectories_png(tmp_path):
     assert "log" in fig.axes[1].get_ylabel()
 
 
+def test_trajectories_with_the_loss_panel(tmp_path):
+    f = functions.rosenbrock
+    paths = {"a": np.linspace(f.start, f.minimizers[0], 11), "b": np.linspace(f.start, 0, 11)}
+    out = tmp_path / "race.png"
+    fig = plot.trajectories(f, paths, steps=np.arange(0, 101, 10), path=out, dpi=50)
+    assert png_size(out) == (600, 260)  # figsize (12, 5.2) at dpi 50
+    contour, by_step, _ = fig.axes
+    assert [t.get_text() for t in by_step.get_legend().get_texts()] == ["a", "b"]
+    assert by_step.get_yscale() == "log" and by_step.get_xlabel() == "step"
+    along_a = by_step.get_lines()[0].get_ydata()
+    assert along_a[0] == pytest.approx(24.2)  # f at the start
+    assert 0 < along_a[-1] <= along_a.min()  # f = 0 at the minimiser, floored for the log axis
+    with pytest.raises(ValueError, match="steps has 3 entries"):
+        plot.trajectories(f, paths, steps=[0, 1, 2])
+
+
 def test_trajectories_svg_and_linear_levels(tmp_path):
     out = tmp_path / "sphere.svg"
     fig = plot.trajectories(functions.sphere, {"p": [[-3.0, 4.0], [0.0, 0.0]]}, path=out,
