@@ -254,13 +254,18 @@ def sweep(
             "tol": None if tol is None else np.asarray(tol, loss_dtype),
             "ftol": None if ftol is None else np.asarray(ftol, loss_dtype),
             "data": data,
-            "seed": np.int32(seed),
+            "orders": None,
+            "seed_index": np.int32(0),
         }
         varying = {"hyper": {k: v.astype(dtypes[k]) for k, v in axes.items() if k not in _SPECIAL}}
         if "x0" in axes:
             varying["x0"] = axes["x0"]
-        if fit_style and "seed" in axes:
-            varying["seed"] = axes["seed"].astype(np.int32)
+        if fit_style and np.any(batch_sizes < n):
+            seeds = axes["seed"] if "seed" in axes else np.array([seed])
+            unique, index = np.unique(seeds, return_inverse=True)
+            shared["orders"] = _orders(unique, n, epochs)
+            if "seed" in axes:
+                varying["seed_index"] = index.astype(np.int32)
 
         mesh = _mesh(tuple(jax.devices()))
         groups = []
@@ -532,6 +537,17 @@ def _batch_size(b: Any, n: int | None) -> int:
     return b
 
 
+def _orders(seeds: np.ndarray, n: int, epochs: int) -> np.ndarray:
+    """Each seed's sample order per epoch, ``(len(seeds), epochs, n)``, as ``fit`` draws them.
+
+    ``batch_schedule`` with a full batch is exactly the per-epoch permutations; a batch size
+    ``b`` keeps the first ``(n // b) * b`` of each, in rows of ``b``. Drawn once here (eagerly,
+    like ``fit``) rather than inside every compiled program: one table serves all batch sizes.
+    """
+    draw = jax.vmap(lambda s: batching.batch_schedule(jax.random.key(s), n, n, epochs))
+    return np.asarray(draw(jnp.asarray(seeds, jnp.int32)))
+
+
 def _hyper_dtypes(tx: optax.GradientTransformation, x0: PyTree) -> dict[str, np.dtype]:
     state = jax.eval_shape(tx.init, x0)
     return {k: np.dtype(v.dtype) for k, v in getattr(state, "hyperparams", {}).items()}
@@ -579,12 +595,12 @@ def _run_one(varying: PyTree, shared: PyTree, static: _Static) -> _Outcome:
         static.tx.init(x0), {**shared["hyper"], **varying["hyper"]}
     )
     if static.n:
-        seed = varying.get("seed", shared["seed"])
         indices = None
         if static.batch_size < static.n:
-            indices = batching.batch_schedule(
-                jax.random.key(seed), static.n, static.batch_size, static.epochs
-            )
+            # batch_schedule's rows, cut from the config seed's per-epoch sample orders
+            orders = shared["orders"][varying.get("seed_index", shared["seed_index"])]
+            per_epoch = static.n // static.batch_size
+            indices = orders[:, : per_epoch * static.batch_size].reshape(-1, static.batch_size)
         source, aux = batching.batch_source(static.f), (shared["data"], indices)
     else:
         source, aux = descent.gradient_source(static.f, static.grad), None
