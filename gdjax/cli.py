@@ -1,17 +1,19 @@
 """The ``gdjax`` command: ``demo``, ``sweep``, ``check`` and ``race``.
 
-Exit status: 0 on success, 1 when ``gdjax check`` finds a wrong gradient, 2 for bad usage (an
-unknown option, a bad value, a module that cannot be imported), always with one line on stderr
-that names the argument and its value. Progress goes to stderr and results to stdout; ``--json``
+Exit status: 0 on success; 1 when ``gdjax check`` finds a wrong gradient (or ``gdjax demo`` fails
+to reproduce the seed or a gradient check); 2 for bad usage (an unknown option, a bad value, a
+module that cannot be imported), always with one line on stderr that names the argument and its
+value. Progress goes to stderr and results to stdout; ``--json``
 prints one JSON document on stdout for scripts.
 
-JAX and matplotlib are imported only once a command runs, so ``gdjax --help`` answers at once.
+matplotlib is imported only to draw (``--no-plots`` runs without it).
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import csv
 import dataclasses
 import importlib
 import json
@@ -24,9 +26,16 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, NamedTuple, NoReturn
 
+import numpy as np
 from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
+
+from gdjax import __version__, functions, inputs, plot
+from gdjax.check import check_grads
+from gdjax.descent import gradient_descent
+from gdjax.optimizers import OPTIMIZERS
+from gdjax.sweep import sweep
 
 OPTIMIZER_RACE = ("sgd", "momentum", "nesterov", "adagrad", "rmsprop", "adam")
 """The optimisers the seed names, raced by ``gdjax demo`` and ``gdjax race``."""
@@ -160,11 +169,12 @@ def load_function(target: str) -> Callable:
             f"directory and PYTHONPATH): {type(e).__name__}: {e}"
         ) from None
     for name in attribute.split("."):
-        if not hasattr(obj, name):
-            raise UsageError(f"{target!r}: {type(obj).__name__} {obj.__name__!r} has no attribute "
-                             f"{name!r}" if hasattr(obj, "__name__") else
-                             f"{target!r}: no attribute {name!r}")
-        obj = getattr(obj, name)
+        try:
+            obj = getattr(obj, name)
+        except AttributeError:
+            raise UsageError(
+                f"{target!r}: module {module_name!r} has no {attribute!r} ({name!r} is missing)"
+            ) from None
     if not callable(obj):
         raise UsageError(f"{target!r} is not callable, it is a {type(obj).__name__}")
     return obj
@@ -172,8 +182,6 @@ def load_function(target: str) -> Callable:
 
 def objective(name: str) -> Any:
     """A built-in test function by name, or a user's ``module:function``."""
-    from gdjax import functions
-
     if ":" in name:
         return load_function(name)
     if name not in functions.ALL:
@@ -228,8 +236,6 @@ class Reporter:
 
 
 def _json_default(value: Any) -> Any:
-    import numpy as np
-
     if isinstance(value, np.ndarray):
         return value.tolist()
     if isinstance(value, np.generic):
@@ -252,10 +258,6 @@ AUTO_LEARNING_RATES = learning_rates("1e-5:10:25")
 
 def run_demo(args: argparse.Namespace) -> int:
     """``gdjax demo``: the seed's example, a race, a learning-rate sweep and gradient checks."""
-    import numpy as np
-
-    from gdjax import functions
-
     report = Reporter(args.json)
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
@@ -278,7 +280,6 @@ def run_demo(args: argparse.Namespace) -> int:
     f2 = functions.function_2
     lrs = learning_rates("1e-3:3:48")
     starts = np.random.default_rng(0).uniform(-5.0, 5.0, (16, 2)).astype(np.float32)
-    from gdjax.sweep import sweep
 
     with report.task(f"sweeping {len(lrs)} learning rates x {len(starts)} starts"):
         res = sweep(f2, starts[0], "sgd", grid={"learning_rate": lrs, "x0": starts}, steps=100,
@@ -307,15 +308,10 @@ def run_demo(args: argparse.Namespace) -> int:
 
 def _demo_seed(report: Reporter) -> list[dict[str, Any]]:
     """The seed's example with both gradient sources, against the seed's printed result."""
-    import numpy as np
-
-    from gdjax.descent import gradient_descent
-    from gdjax.functions import function_2
-
     rows = []
     with report.task("1. the seed's example"):
         for grad in ("numerical", "autodiff"):
-            x = gradient_descent(function_2, np.array([-3.0, 4.0]), lr=0.1, step_num=100,
+            x = gradient_descent(functions.function_2, np.array([-3.0, 4.0]), lr=0.1, step_num=100,
                                  grad=grad)
             rows.append({
                 "gradient": grad, "x": np.array2string(x, precision=8),
@@ -327,11 +323,6 @@ def _demo_seed(report: Reporter) -> list[dict[str, Any]]:
 
 def _demo_gradient_checks(report: Reporter) -> list[dict[str, Any]]:
     """``check_grads`` on every built-in function at its suggested start, in float64."""
-    import numpy as np
-
-    from gdjax import functions, inputs
-    from gdjax.check import check_grads
-
     rows = []
     with report.task(f"checking {len(functions.ALL)} gradients",
                      total=len(functions.ALL)) as advance:
@@ -346,9 +337,8 @@ def _demo_gradient_checks(report: Reporter) -> list[dict[str, Any]]:
 
 
 def _lr_table(res: Any, title: str) -> Table:
-    """Per learning rate: how many starts converged, ran out of steps or diverged."""
-    import numpy as np
-
+    """Per learning rate (about 12 of them): the median final loss of the runs that did not
+    diverge, and how many ran out of steps or diverged."""
     lrs = np.asarray(res.grid["learning_rate"])
     table = Table(title=title)
     for column in ("learning rate", "median final loss", "max_steps", "diverged"):
@@ -378,11 +368,6 @@ def _verdict(ok: bool) -> str:
 
 def run_check(args: argparse.Namespace) -> int:
     """``gdjax check``: the user's gradient against finite differences; exit 0 right, 1 wrong."""
-    import numpy as np
-
-    from gdjax import inputs
-    from gdjax.check import check_grads
-
     f = load_function(args.target)
     if args.point is not None:
         try:
@@ -412,7 +397,8 @@ def run_check(args: argparse.Namespace) -> int:
         out = Console(highlight=False)
         out.print(f"{args.target} at {where}, {x.dtype}:")
         out.print(str(report), markup=False)
-        out.print("[green]gradient OK[/green]" if report.ok else "[red]gradient WRONG[/red]")
+        out.print("[green]gradient OK[/green]" if report.ok
+                  else f"[red]gradient check FAILED: {report.kind}[/red]")
     return 0 if report.ok else 1
 
 
@@ -422,7 +408,7 @@ def run_race(args: argparse.Namespace) -> int:
     f = objective(args.function)
     names = _optimizer_names(args.optimizers)
     lr = None if args.lr == "auto" else _one_learning_rate(args.lr)
-    f, x0 = _start(f, args.x0, dim=None)
+    f, x0 = _start(f, args.x0, dim=None, dim_option=False)
     result = race(f, x0, names, lr=lr, steps=args.steps, report=report)
     rows = result.rows
     report.table(_race_table(rows, f"race on {_name(f, args.function)} from {_point(x0)}, "
@@ -467,10 +453,6 @@ def race(
     Returns:
       A :class:`Race`.
     """
-    import numpy as np
-
-    from gdjax.sweep import sweep
-
     lrs = AUTO_LEARNING_RATES if lr is None else [lr]
     minimizers = np.asarray(getattr(f, "minimizers", np.zeros((0, x0.size))))
     rows, paths = [], {}
@@ -496,8 +478,6 @@ def race(
 def _steadiest(res: Any) -> int:
     """The config whose largest loss over the last tenth of its history is smallest, not
     diverged (the first config when all diverged)."""
-    import numpy as np
-
     tail = res.history.loss[:, -max(1, res.history.loss.shape[1] // 10):]
     score = np.where(res.status == "diverged", np.inf, np.nanmax(tail, axis=1))
     return int(np.argmin(np.nan_to_num(score, nan=np.inf)))
@@ -524,10 +504,6 @@ def _sort_key(row: dict[str, Any]) -> float:
 
 
 def _race_picture(f: Any, result: Race, path: Path, report: Reporter) -> Path:
-    import numpy as np
-
-    from gdjax import plot
-
     rows, paths = result.rows, result.paths
     curves = {
         f"{r['optimizer']} (lr {_g(r['learning_rate'])}): {r['final_loss']:.1e}": paths[
@@ -551,14 +527,10 @@ def _race_picture(f: Any, result: Race, path: Path, report: Reporter) -> Path:
 
 def run_sweep(args: argparse.Namespace) -> int:
     """``gdjax sweep``: a grid of learning rates x starts x seeds; table, files, pictures."""
-    import numpy as np
-
-    from gdjax.sweep import sweep
-
     report = Reporter(args.json)
     f = objective(args.function)
     hyper = _hyperparameters(args.hp)
-    f, x0 = _start(f, args.x0, dim=args.dim)
+    f, x0 = _start(f, args.x0, dim=args.dim, dim_option=True)
     grid: dict[str, Any] = {"learning_rate": args.lr}
     zipped = ()
     if args.starts * args.seeds > 1:
@@ -608,8 +580,6 @@ def _best_line(summary: dict[str, Any]) -> str:
 
 
 def _cell(value: Any) -> str:
-    import numpy as np
-
     if isinstance(value, float):
         return _g(value)
     if isinstance(value, np.ndarray):
@@ -622,27 +592,33 @@ def _write_sweep(res: Any, f: Any, out: Path, stem: str, *, plots: bool, report:
                  boundary: float | None = None) -> dict[str, Path]:
     """The sweep's CSV and JSON, and its pictures: loss curves, final loss vs learning rate and,
     for a 2-D function with several starts and several known minimisers, a basin map."""
-    import numpy as np
-
     out.mkdir(parents=True, exist_ok=True)
     files = {"csv": out / f"{stem}.csv", "json": out / f"{stem}.json"}
     res.to_csv(files["csv"])
     res.to_json(files["json"])
     if not plots:
         return files
-    from gdjax import plot
 
     minimum = getattr(f, "minimum", None)
     minimum = minimum if minimum is not None and math.isfinite(minimum) and minimum != 0 else None
     lrs = np.asarray(res.grid["learning_rate"])
     name = _name(f, "f")
     with report.task("drawing the sweep"):
-        # One curve per learning rate (the first start and seed): thousands of lines say less.
-        first = np.unique(lrs, return_index=True)[1]
+        # One curve per learning rate (its first config): thousands of lines say less. With one
+        # learning rate, the curves of (up to 64) configs instead.
         files["loss_curves"] = out / f"{stem}_loss_curves.png"
-        plot.loss_curves(res.history.step[first], res.history.loss[first], lrs[first],
-                         status=res.status[first], minimum=minimum,
-                         title=f"{name}: loss by learning rate", path=files["loss_curves"])
+        first = np.unique(lrs, return_index=True)[1]
+        if len(first) > 1:
+            plot.loss_curves(res.history.step[first], res.history.loss[first], lrs[first],
+                             status=res.status[first], minimum=minimum,
+                             title=f"{name}: loss by learning rate", path=files["loss_curves"])
+        else:
+            some = np.arange(min(len(res), 64))
+            plot.loss_curves(res.history.step[some], res.history.loss[some], some,
+                             label="config", log_color=False, status=res.status[some],
+                             minimum=minimum, path=files["loss_curves"],
+                             title=f"{name}: loss of {len(some)} configs at learning rate "
+                             f"{_g(lrs[0])}")
         files["final_loss"] = out / f"{stem}_final_loss.png"
         plot.loss_vs_learning_rate(lrs, res.final_loss, res.status, minimum=minimum,
                                    boundary=boundary, path=files["final_loss"],
@@ -666,8 +642,6 @@ def _wrote(report: Reporter, files: dict[str, Path]) -> None:
 
 
 def _write_csv(path: Path, rows: list[dict[str, Any]]) -> Path:
-    import csv
-
     with open(path, "w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
         writer.writeheader()
@@ -676,8 +650,6 @@ def _write_csv(path: Path, rows: list[dict[str, Any]]) -> Path:
 
 
 def _optimizer_names(text: str) -> list[str]:
-    from gdjax.optimizers import OPTIMIZERS
-
     names = [n.strip() for n in text.split(",") if n.strip()]
     unknown = [n for n in names if n not in OPTIMIZERS]
     if not names or unknown:
@@ -708,11 +680,11 @@ def _hyperparameters(pairs: list[str]) -> dict[str, float]:
     return out
 
 
-def _start(f: Any, x0: list[float] | None, dim: int | None) -> tuple[Any, Any]:
+def _start(f: Any, x0: list[float] | None, dim: int | None, *, dim_option: bool
+           ) -> tuple[Any, Any]:
     """The function (in ``dim`` dimensions) and the start as a float32 array: ``--x0``, else the
-    function's own."""
-    import numpy as np
-
+    function's own, else zeros in ``dim`` dimensions (``dim_option``: the command has ``--dim``).
+    """
     if dim is None and x0 is not None and getattr(f, "dim", 0) is None:
         dim = len(x0)  # a built-in of any dimension takes the dimension of --x0
     if hasattr(f, "in_dim") and dim is not None:
@@ -726,13 +698,12 @@ def _start(f: Any, x0: list[float] | None, dim: int | None) -> tuple[Any, Any]:
     elif dim is not None:
         start = np.zeros(dim, np.float32)
     else:
-        raise UsageError("a module:function needs a start: give --x0 X1,X2,... or --dim N")
+        raise UsageError("a module:function has no suggested start: give --x0 X1,X2,..."
+                         + (" or --dim N (a start at zero)" if dim_option else ""))
     return f, start
 
 
 def _box(f: Any, box: tuple[float, float] | None, dim: int) -> tuple[Any, Any]:
-    import numpy as np
-
     if box is not None:
         return np.full(dim, box[0]), np.full(dim, box[1])
     domain = getattr(f, "domain", None)
@@ -794,8 +765,6 @@ def _wrap(text: str) -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``gdjax`` argument parser with its four subcommands."""
-    from gdjax import __version__
-
     parser = _Parser(
         prog="gdjax",
         description="Gradient descent you can verify and sweep, on JAX.",
@@ -946,12 +915,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.run(args)
     except (UsageError, ValueError, TypeError) as e:
-        # Library input errors name the argument and its value; a command line can only have
-        # passed a bad value, so they are usage errors too.
+        # gdjax's input errors name the argument and its value; from a command line they can only
+        # come from a bad value, so they are usage errors too.
         print(f"{prog}: error: {_one_line(e)}", file=sys.stderr)
         return 2
-    except ImportError as e:
-        print(f"{prog}: error: {_one_line(e)}", file=sys.stderr)
+    except ImportError as e:  # matplotlib missing: the pictures are an optional extra
+        hint = " (or pass --no-plots)" if hasattr(args, "no_plots") else ""
+        print(f"{prog}: error: {_one_line(e)}{hint}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)

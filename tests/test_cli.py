@@ -118,7 +118,7 @@ def test_check_exit_status_tells_right_from_wrong(user_module, tmp_path):
         ("check", "usermod:bowl", "--point", tmp_path / "x.npy", "--json"),
     ], cwd=user_module)
     assert right_rc == 0 and "gradient OK" in right
-    assert wrong_rc == 1 and "gradient WRONG" in wrong
+    assert wrong_rc == 1 and "gradient check FAILED: wrong gradient" in wrong
     assert json_rc == 0
     doc = json.loads(as_json)
     assert doc["ok"] is True and doc["shape"] == [2, 2] and doc["dtype"] == "float32"
