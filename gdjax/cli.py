@@ -172,8 +172,9 @@ def load_function(target: str) -> Callable:
         try:
             obj = getattr(obj, name)
         except AttributeError:
+            missing = "" if name == attribute else f" ({name!r} is missing)"
             raise UsageError(
-                f"{target!r}: module {module_name!r} has no {attribute!r} ({name!r} is missing)"
+                f"{target!r}: module {module_name!r} has no {attribute!r}{missing}"
             ) from None
     if not callable(obj):
         raise UsageError(f"{target!r} is not callable, it is a {type(obj).__name__}")
@@ -394,7 +395,7 @@ def run_check(args: argparse.Namespace) -> int:
                           **dataclasses.asdict(report), "report": str(report)},
                          indent=2, default=_json_default))
     else:
-        out = Console(highlight=False)
+        out = Console(highlight=False, soft_wrap=True)  # the report's lines stay whole
         out.print(f"{args.target} at {where}, {x.dtype}:")
         out.print(str(report), markup=False)
         out.print("[green]gradient OK[/green]" if report.ok
