@@ -25,13 +25,13 @@ def main() -> None:
     fast = os.environ.get("GDJAX_EXAMPLES_FAST") == "1"
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default=os.environ.get("GDJAX_EXAMPLES_OUT", "gdjax-out"))
-    parser.add_argument("--epochs", type=int, default=10 if fast else 150)
+    parser.add_argument("--epochs", type=int, default=3 if fast else 150)
     parser.add_argument("--scale-lr", action="store_true",
                         help="linear scaling rule: lr x (512 / 32) for the large batch")
     args = parser.parse_args()
 
-    study = batch_size_study(epochs=args.epochs, scale_lr=args.scale_lr,
-                             seeds=(0, 1) if fast else (0, 1, 2))
+    quick = dict(seeds=(0,), hidden=(16,), eigen_iters=10, ascent_steps=3) if fast else {}
+    study = batch_size_study(epochs=args.epochs, scale_lr=args.scale_lr, **quick)
     console = Console()
     table = Table(title=f"Batch-size study, {args.epochs} epochs ({study.seconds:.0f} s)")
     columns = ["batch_size", "seed", "learning_rate", "train_acc", "test_acc", "train_loss",
