@@ -134,7 +134,8 @@ def run(quick: bool) -> list[Row]:
         case = f"rosenbrock 2-D adam {STEPS} steps, {n} lrs"
 
         def gd(lrs=lrs):
-            return block(sweep(f, X0, "adam", grid={"learning_rate": lrs}, steps=STEPS).params)
+            return block(sweep(f, X0, "adam", grid={"learning_rate": lrs}, steps=STEPS,
+                               progress=False).params)
 
         def hand(lrs=lrs):
             return block(_hand(lrs))

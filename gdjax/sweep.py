@@ -69,7 +69,11 @@ AXIS = "sweep"
 """The name of the mesh axis the configs are sharded over."""
 
 DEFAULT_MEMORY_BUDGET = 1 << 30
-"""Bytes one chunk of configs may use (1 GiB), by a rough estimate of each config's needs."""
+"""Bytes one chunk of configs may use per device (1 GiB), by a rough estimate per config."""
+
+CACHE_BYTES = 1 << 20
+"""Working set of one chunk per device by default (about a CPU's L2 cache): a step streams every
+config's parameters and optimiser state, and chunks that stay in cache run 2x faster on CPU."""
 
 _SPECIAL = ("x0", "seed", "batch_size")
 
@@ -176,11 +180,12 @@ def sweep(
         (``fit``-style: once per epoch, as ``fit``).
       record_params: record the parameters in the history too.
       eval_fn: ``params -> pytree of scalars`` recorded in ``history.metrics`` (e.g. test accuracy).
-      chunk_size: configs per chunk (rounded up to a multiple of the device count); by default as
-        many as ``memory_budget`` allows.
-      memory_budget: bytes one chunk may use, by a rough estimate per config: its outputs
-        (history included) plus the loop's working set (copies of parameters and optimiser
-        state; batch indices and batches for ``fit``-style sweeps).
+      chunk_size: configs per chunk (per device at least 16, a multiple of 8); by default as
+        many as keep each device's working set near :data:`CACHE_BYTES`, within
+        ``memory_budget``.
+      memory_budget: bytes one chunk may use per device, by a rough estimate per config: its
+        outputs (history included) plus the loop's working set (copies of parameters and
+        optimiser state; batch indices and batches for ``fit``-style sweeps).
       progress: show a progress bar over chunks; by default only when there are several chunks.
       checkpoint: a directory: each finished chunk is saved there (``.npz``) beside a JSON manifest
         holding a fingerprint of the sweep; the same call with the same directory skips finished
@@ -653,22 +658,20 @@ def _fetch(tree: PyTree) -> PyTree:
 # --- chunks, progress, checkpoints ----------------------------------------------------------------
 
 
-def _bytes_per_config(static: _Static, varying: PyTree, shared: PyTree) -> int:
-    """A rough estimate of the memory one config needs while its chunk runs.
+def _bytes_per_config(static: _Static, varying: PyTree, shared: PyTree) -> tuple[int, int]:
+    """A rough estimate of one config's memory: ``(outputs, working set)`` in bytes.
 
-    Its outputs (final parameters, history) plus the loop's working set: four copies of the
+    Outputs: final parameters, history. Working set, what each step touches: four copies of the
     parameters (current, candidate, gradient, update) and two of the optimiser state, and for
     ``fit``-style sweeps its batch indices and two copies of a gathered batch.
     """
     one = jax.tree.map(lambda a: a[0], varying)
-    out = _outcome_shape(static, one, shared)
     x0 = one.get("x0", shared["x0"])
-    state = jax.eval_shape(static.tx.init, x0)
-    total = _nbytes(out) + 4 * _nbytes(x0) + 2 * _nbytes(state)
+    work = 4 * _nbytes(x0) + 2 * _nbytes(jax.eval_shape(static.tx.init, x0))
     if static.n:
         sample = _nbytes(jax.tree.map(lambda a: a[0], shared["data"]))
-        total += 4 * static.steps * static.batch_size + 2 * static.batch_size * sample
-    return total
+        work += 4 * static.steps * static.batch_size + 2 * static.batch_size * sample
+    return _nbytes(_outcome_shape(static, one, shared)), work
 
 
 def _outcome_shape(static: _Static, one: PyTree, shared: PyTree) -> _Outcome:
@@ -704,8 +707,12 @@ def _run_groups(
     devices = mesh.size
     plans = []
     for static, idx in groups:
-        size = chunk_size or max(1, memory_budget // _bytes_per_config(static, varying, shared))
-        size = _per_device(-(-min(size, len(idx)) // devices)) * devices
+        if chunk_size is None:
+            out, work = _bytes_per_config(static, varying, shared)
+            per_device = min(memory_budget // (out + work), CACHE_BYTES // work)
+        else:
+            per_device = -(-chunk_size // devices)
+        size = _per_device(min(per_device, -(-len(idx) // devices))) * devices
         plans.append((static, idx, size, -(-len(idx) // size)))
     store = None
     if checkpoint is not None:
@@ -720,29 +727,59 @@ def _run_groups(
     results = []
     with _progress_bar(show, total) as advance:
         for g, (static, idx, size, chunks) in enumerate(plans):
-            treedef = jax.tree.structure(
-                _outcome_shape(static, jax.tree.map(lambda a: a[0], varying), shared)
-            )
-            out = None
-            for k in range(chunks):
-                lo, hi = k * size, min((k + 1) * size, len(idx))
-                part = None if store is None else store.load(f"g{g}-c{k}", treedef)
-                if part is None:
-                    take = idx[np.minimum(np.arange(lo, lo + size), hi - 1)]  # pad: repeat last
-                    chunk = _put(jax.tree.map(lambda a, take=take: a[take], varying), by_config)
-                    part = _fetch(_run_chunk(chunk, shared_on_devices, static=static))
-                    part = jax.tree.map(lambda a, n=hi - lo: a[:n], part)
-                    if store is not None:
-                        store.save(f"g{g}-c{k}", part)
-                if out is None:
-                    out = jax.tree.map(lambda a, n=idx.size: np.empty((n, *a.shape[1:]), a.dtype),
-                                       part)
-                jax.tree.map(lambda o, a, lo=lo, hi=hi: o.__setitem__(slice(lo, hi), a), out, part)
-                advance()
-            results.append(out)
+            results.append(_run_group(
+                g, static, idx, size, chunks, varying, shared_on_devices, by_config, store, advance
+            ))
     if len(results) == 1:
         return results[0]
     return _gather_groups(results, [idx for _, idx in groups])
+
+
+def _run_group(
+    g: int,
+    static: _Static,
+    idx: np.ndarray,
+    size: int,
+    chunks: int,
+    varying: PyTree,
+    shared_on_devices: PyTree,
+    by_config: NamedSharding,
+    store: _Checkpoint | None,
+    advance: Callable[[], None],
+) -> _Outcome:
+    """The chunks of one group; each is dispatched before the previous one is collected."""
+    treedef = jax.tree.structure(
+        _outcome_shape(static, jax.tree.map(lambda a: a[0], varying), shared_on_devices)
+    )
+    out = None
+
+    def finish(k, part, computed):
+        """Chunk ``k`` to the host (waiting for it), to disk, into ``out``."""
+        nonlocal out
+        lo, hi = k * size, min((k + 1) * size, len(idx))
+        if computed:
+            part = jax.tree.map(lambda a: a[: hi - lo], _fetch(part))
+            if store is not None:
+                store.save(f"g{g}-c{k}", part)
+        if out is None:
+            out = jax.tree.map(lambda a: np.empty((idx.size, *a.shape[1:]), a.dtype), part)
+        jax.tree.map(lambda o, a: o.__setitem__(slice(lo, hi), a), out, part)
+        advance()
+
+    pending = None
+    for k in range(chunks):
+        part = None if store is None else store.load(f"g{g}-c{k}", treedef)
+        computed = part is None
+        if computed:
+            lo, hi = k * size, min((k + 1) * size, len(idx))
+            take = idx[np.minimum(np.arange(lo, lo + size), hi - 1)]  # pad: repeat the last
+            chunk = _put(jax.tree.map(lambda a, take=take: a[take], varying), by_config)
+            part = _run_chunk(chunk, shared_on_devices, static=static)
+        if pending is not None:
+            finish(*pending)
+        pending = (k, part, computed)
+    finish(*pending)
+    return out
 
 
 def _per_device(size: int) -> int:
