@@ -181,9 +181,9 @@ def directional_derivative(
     then a finite-difference Jacobian-vector product (for ``f = jax.grad(g)``, a Hessian-vector
     product). The other methods are those of :func:`numerical_gradient`.
 
-    The default step is :math:`t = \epsilon^{a} \max(1, \|x\|_\infty) / \|v\|_\infty`, so no
-    coordinate moves further than the default step of :func:`numerical_gradient` would move it.
-    A given ``step`` is used as ``t`` as is.
+    The default step is :math:`t = \epsilon^{a} \min_i \max(1, |x_i|) / |v_i|`, so no coordinate
+    moves further than the default step of :func:`numerical_gradient` would move it. A given
+    ``step`` is used as ``t`` as is.
 
     Args:
       f: function of ``x`` returning a pytree of floating-point arrays.
@@ -476,18 +476,23 @@ def nominal_displacements(offsets: Sequence[complex], h: jax.Array) -> jax.Array
 def direction_step(
     leaves: Sequence[jax.Array], directions: Sequence[jax.Array], power: float, step: float | None
 ) -> jax.Array:
-    """The step ``t`` along ``v``: ``step``, or ``eps**power * max(1, |x|_inf) / |v|_inf``.
+    """The step ``t`` along ``v``: ``step``, or ``eps**power min_i max(1, |x_i|) / |v_i|``.
 
-    ``eps`` is that of the least precise leaf, whose coordinates must still move.
+    The default moves no coordinate further than its own default step ``eps**power max(1,
+    |x_i|)``, so coordinates of different scales are all resolved; ``eps`` is that of the least
+    precise leaf, whose coordinates must still move.
     """
     dtype = jnp.result_type(*leaves)
     if step is not None:
         return jnp.asarray(step, dtype)
     eps = max(jnp.finfo(leaf.dtype).eps for leaf in leaves)
-    x_inf = jnp.max(jnp.stack([jnp.max(jnp.abs(leaf)).astype(dtype) for leaf in leaves]))
-    v_inf = jnp.max(jnp.stack([jnp.max(jnp.abs(d)).astype(dtype) for d in directions]))
-    t = (eps**power * jnp.maximum(1, x_inf)).astype(dtype)
-    return jnp.where(v_inf > 0, t / jnp.where(v_inf > 0, v_inf, 1), t)
+
+    def room(x, v):  # the largest t that moves no coordinate of x further than max(1, |x_i|)
+        return jnp.min(jnp.where(v != 0, jnp.maximum(1, jnp.abs(x)) / jnp.abs(v), jnp.inf))
+
+    pairs = zip(leaves, directions, strict=True)
+    t = jnp.min(jnp.stack([room(x, v).astype(dtype) for x, v in pairs]))
+    return (eps**power * jnp.where(jnp.isfinite(t), t, 1)).astype(dtype)
 
 
 def default_chunk_size(n: int, k: int) -> int:
