@@ -144,7 +144,7 @@ def run(quick: bool) -> list[Row]:
         first_call_time(hand)
         repeat = 3 if n > 10_000 else 5
         t_gd, t_hand = best_time(gd, repeat=repeat), best_time(hand, repeat=repeat)
-        res = sweep(f, X0, "adam", grid={"learning_rate": lrs}, steps=STEPS)
+        res = sweep(f, X0, "adam", grid={"learning_rate": lrs}, steps=STEPS, progress=False)
         x_hand, loss_hand = _hand(lrs)
         np.testing.assert_allclose(res.final_loss, loss_hand, rtol=1e-3, atol=1e-6)
         rows.append(Row("sweep", case, t_gd, "hand jit(vmap(scan)) optax.adam", t_hand,

@@ -10,9 +10,10 @@ A sweep is ``jax.vmap`` of the one descent loop (:func:`gdjax.engine.run`) over 
 * the config axis is sharded over every device of a 1-D mesh named ``sweep`` (all the global
   devices: after ``jax.distributed.initialize()`` every process calls the same ``sweep`` and gets
   the whole result), padded to a multiple of the device count;
-* configs run in equal chunks that fit a memory budget (one compilation serves every chunk), with
-  a progress bar and, when asked, one checkpoint file per finished chunk so an interrupted sweep
-  resumes where it stopped.
+* configs run in equal chunks (one compilation serves every chunk), by default small enough for
+  each device's working set to stay in cache and always within a memory budget, with a progress
+  bar and, when asked, one checkpoint file per finished chunk so an interrupted sweep resumes
+  where it stopped.
 
 Grids
 -----
