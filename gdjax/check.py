@@ -58,17 +58,16 @@ PyTree = Any
 
 __all__ = ["KINDS", "MODES", "GradCheckReport", "assert_grads_close", "check_grads"]
 
-KINDS = ("ok", "wrong gradient", "not differentiable", "non-finite")
-"""What a report can say, from fine to the worst kind a check looks for first."""
+KINDS = ("ok", "not differentiable", "wrong gradient", "non-finite")
+"""What a report can say, by precedence: it names the entry of the last kind found, then the one
+with the largest error relative to its tolerance."""
 
 MODES = ("rev", "fwd")
 """Autodiff modes a check compares with finite differences: ``jax.grad`` and ``jax.jvp``."""
 
 _SAFETY = 3.0  # multiple of the estimated errors a tolerance allows
 _KINK_RATIO = 0.5  # smooth: the slope gap shrinks like h (ratio 1/4 or 1/2); a kink keeps it (~1)
-_BLOCKS = 4  # blocks per bisection step; about the fewest evaluations, 4 log_4(n) directions
-_RANK = {"ok": 0, "not differentiable": 1, "wrong gradient": 2, "non-finite": 3}
-_KIND_OF_RANK = {rank: kind for kind, rank in _RANK.items()}
+_RANK = {kind: rank for rank, kind in enumerate(KINDS)}
 
 _VALUE = "value of f"
 _REV_VS_FD = "reverse mode vs finite differences"
@@ -323,7 +322,11 @@ class _Config:
         step = finite_diff.check_step(step)
         rtol = inputs.optional_tolerance("rtol", rtol)
         atol = inputs.optional_tolerance("atol", atol)
-        if str(fd_dtype) not in ("float32", "float64"):
+        try:
+            oracle_dtype = np.dtype(fd_dtype)
+        except TypeError:
+            oracle_dtype = None
+        if oracle_dtype not in (np.float32, np.float64):
             raise ValueError(f"fd_dtype must be 'float32' or 'float64', got {fd_dtype=}")
         n_directions = inputs.positive_int("n_directions", n_directions)
         if (
@@ -348,7 +351,7 @@ class _Config:
             rtol=math.sqrt(np.finfo(ad_dtype).eps) if rtol is None else rtol,
             atol=atol,
             ad_dtype=ad_dtype,
-            fd_dtype=np.dtype(str(fd_dtype)),
+            fd_dtype=oracle_dtype,
             n_directions=n_directions,
             full=n <= full_threshold,
             seed=int(seed),
@@ -435,7 +438,11 @@ class _Entries:
             nonfinite = ~(np.isfinite(self.ad) & np.isfinite(self.fd)) & ~self.kink
             wrong = ~nonfinite & ~self.kink & ~(error <= tolerance)
             ratio = np.where(self.kink, self.kink_ratio, error / tolerance)
-        rank = np.select([nonfinite, wrong, self.kink], [3, 2, 1], 0)
+        rank = np.select(
+            [nonfinite, wrong, self.kink],
+            [_RANK["non-finite"], _RANK["wrong gradient"], _RANK["not differentiable"]],
+            _RANK["ok"],
+        )
         return rank, np.where(np.isnan(ratio), np.inf, ratio), tolerance
 
 
@@ -517,7 +524,7 @@ def _worst(comparison, entries, rtol, atol, *, n_checked, flat_index=None, direc
     i = int(np.lexsort((ratio, rank))[-1])
     return _Candidate(
         comparison=comparison,
-        kind=_KIND_OF_RANK[rank[i]],
+        kind=KINDS[rank[i]],
         ratio=float(ratio[i]),
         entries=entries,
         i=i,
