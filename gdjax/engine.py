@@ -52,7 +52,8 @@ class History(NamedTuple):
 
     Attributes:
       step: int32 ``(R,)``, the step index of each record (``0, k, 2k, ..., steps``).
-      loss: ``(R,)`` loss at the recorded parameters (the mini-batch loss for ``fit``).
+      loss: ``(R,)`` loss at the recorded parameters (the mini-batch loss for ``fit``); after a
+        run diverged, the non-finite value of the update it rejected.
       grad_norm: ``(R,)`` global L2 norm of the gradient there.
       params: the recorded parameters with a leading ``(R,)`` axis, or ``None``.
       metrics: the recorded ``record_fn(params)`` pytree with a leading ``(R,)`` axis, or ``None``.
@@ -128,29 +129,29 @@ def _step(
     gtol: jax.Array | None,
     ftol: jax.Array | None,
 ) -> _Carry:
-    # Kept lean: on small problems every extra op in this body shows in the step time.
+    # Kept lean: on small problems every extra op in this body shows in the step time. Only the
+    # loss is checked (a non-finite parameter or gradient makes it non-finite at once or one step
+    # later) and only the parameters are frozen: the loss and gradient of a stopped run are
+    # recomputed at its frozen parameters by the caller, and its optimiser state may move on.
     running = c.status == RUNNING
     updates, opt_state = tx.update(c.grad, c.opt_state, c.params)
     params = optax.apply_updates(c.params, updates)
     t = c.t + 1
     loss, grad = value_and_grad(params, t, aux)
 
-    finite = jnp.isfinite(loss) & all_finite(params) & all_finite(grad)
+    finite = jnp.isfinite(loss)
     commit = running & finite
     blew_up = running & ~finite
     status = jnp.where(blew_up, DIVERGED, c.status)
     if gtol is not None or ftol is not None:
         met = _tolerance_met(loss, grad, c.loss, gtol, ftol)
         status = jnp.where(commit & met, CONVERGED, status)
-    # Only the parameters, loss and gradient are frozen: once a run stops, its optimiser state
-    # may move on, but nothing of it reaches the parameters again.
-    params, loss, grad = _select(commit, (params, loss, grad), (c.params, c.loss, c.grad))
     return _Carry(
-        params=params,
+        params=_select(commit, params, c.params),
         opt_state=opt_state,
         loss=loss,
         grad=grad,
-        best_loss=jnp.minimum(c.best_loss, loss),
+        best_loss=jnp.minimum(c.best_loss, jnp.where(commit, loss, jnp.inf)),
         status=status,
         steps=c.steps + commit.astype(jnp.int32),
         diverged_at=jnp.where(blew_up, t, c.diverged_at),
@@ -255,10 +256,13 @@ def run(
     history = History(jnp.asarray(record_steps(steps, record_every)), *records)
 
     status = jnp.where(carry.status == RUNNING, MAX_STEPS, carry.status).astype(jnp.int32)
+    # A diverged run's carry holds the non-finite values its last update produced: evaluate the
+    # frozen (last finite) parameters once more.
+    loss, grad = value_and_grad(carry.params, carry.t, aux)
     return Run(
         params=carry.params,
-        loss=carry.loss,
-        grad_norm=optax.tree.norm(carry.grad),
+        loss=loss,
+        grad_norm=optax.tree.norm(grad),
         best_loss=carry.best_loss,
         status=status,
         steps=carry.steps,
