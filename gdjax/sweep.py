@@ -815,14 +815,18 @@ def _gather_groups(results: list[_Outcome], indices: list[np.ndarray]) -> _Outco
 
 
 class _progress_bar:
-    """A rich progress bar over chunks (a no-op when hidden); ``advance()`` ticks one chunk."""
+    """A rich progress bar over chunks on stderr (a no-op when hidden); the callable ticks one.
+
+    On stderr, so that a program printing results (``gdjax sweep --json``) keeps stdout clean.
+    """
 
     def __init__(self, show: bool, total: int):
         self.bar = None
         if show:
+            from rich.console import Console
             from rich.progress import Progress
 
-            self.bar = Progress()
+            self.bar = Progress(console=Console(stderr=True))
             self.task = self.bar.add_task("sweep chunks", total=total)
 
     def __enter__(self) -> Callable[[], None]:
