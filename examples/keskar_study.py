@@ -32,7 +32,7 @@ def main() -> None:
 
     quick = dict(seeds=(0,), hidden=(16,), eigen_iters=10, ascent_steps=3) if fast else {}
     study = batch_size_study(epochs=args.epochs, scale_lr=args.scale_lr, **quick)
-    console = Console()
+    console = Console(width=130)
     table = Table(title=f"Batch-size study, {args.epochs} epochs ({study.seconds:.0f} s)")
     columns = ["batch_size", "seed", "learning_rate", "train_acc", "test_acc", "train_loss",
                "top_eigenvalue", "sharpness_0.001", "sharpness_0.0005"]

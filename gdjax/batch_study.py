@@ -44,6 +44,10 @@ NOTE = (
     "The learning rate is the same for both batch sizes, as in Keskar et al. (2017); "
     "scale_lr=True applies Goyal et al.'s (2017) linear scaling rule instead."
 )
+NOTE_SCALED = (
+    "The large batch's learning rate follows Goyal et al.'s (2017) linear scaling rule "
+    "(lr x large / small); Keskar et al. (2017) kept one learning rate for both."
+)
 
 
 class StudyResult(NamedTuple):
@@ -57,7 +61,7 @@ class StudyResult(NamedTuple):
       alphas: the interpolation coefficients.
       line_train_loss, line_test_loss: loss along ``(1 - alpha) x_SB + alpha x_LB``.
       seconds: wall time of the study.
-      note: how the learning rate was set (see :data:`NOTE`).
+      note: how the learning rate was set (:data:`NOTE` or :data:`NOTE_SCALED`).
     """
 
     rows: list[dict[str, Any]]
@@ -244,5 +248,6 @@ def batch_size_study(
     line_test = sharpness.interpolate(lambda p: cross_entropy(p, test), sb, lb, line)
     return StudyResult(
         rows=rows, sweep=res, alphas=np.asarray(alphas), line_train_loss=np.asarray(line_train),
-        line_test_loss=np.asarray(line_test), seconds=time.perf_counter() - t0, note=NOTE,
+        line_test_loss=np.asarray(line_test), seconds=time.perf_counter() - t0,
+        note=NOTE_SCALED if scale_lr else NOTE,
     )
