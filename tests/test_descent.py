@@ -5,37 +5,11 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from seed_notes import function_2
+from seed_notes import gradient_descent as seed_gradient_descent
 
 from gdjax import descent, engine, functions, optimizers
 from gdjax.descent import gradient_descent, minimize
-
-
-def seed_numerical_gradient(f, x):
-    # The seed's code, verbatim (../shared/seed/gradient-descent-notes.ko.txt).
-    h = 1e-4
-    grad = np.zeros_like(x)
-    for idx in range(x.size):
-        tmp_val = x[idx]
-        x[idx] = tmp_val + h
-        fxh1 = f(x)
-        x[idx] = tmp_val - h
-        fxh2 = f(x)
-        grad[idx] = (fxh1 - fxh2) / (2 * h)
-        x[idx] = tmp_val
-    return grad
-
-
-def seed_gradient_descent(f, init_x, lr=0.01, step_num=100):
-    x = init_x
-    for _ in range(step_num):
-        grad = seed_numerical_gradient(f, x)
-        x -= lr * grad
-    return x
-
-
-def function_2(x):
-    return x[0] ** 2 + x[1] ** 2
-
 
 # --- the seed's example -----------------------------------------------------------------------
 

@@ -6,29 +6,11 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from seed_notes import function_2
+from seed_notes import numerical_gradient as seed_numerical_gradient
 
 from gdjax import functions
 from gdjax.finite_diff import METHODS, directional_derivative, numerical_gradient
-
-
-def seed_numerical_gradient(f, x):
-    # The seed notes' estimator, verbatim (../shared/seed/gradient-descent-notes.ko.txt).
-    h = 1e-4
-    grad = np.zeros_like(x)
-    for idx in range(x.size):
-        tmp_val = x[idx]
-        x[idx] = tmp_val + h
-        fxh1 = f(x)
-        x[idx] = tmp_val - h
-        fxh2 = f(x)
-        grad[idx] = (fxh1 - fxh2) / (2 * h)
-        x[idx] = tmp_val
-    return grad
-
-
-def function_2(x):
-    return x[0] ** 2 + x[1] ** 2
-
 
 # --- smooth functions of pytrees, with gradients in closed form ------------------------------
 

@@ -324,9 +324,10 @@ def test_memory_budget_sets_chunks_and_progress_shows(capsys, monkeypatch):
     res = sweep(bowl, np.float32([1.0]), "sgd", grid={"learning_rate": lrs}, steps=20,
                 memory_budget=2_000, progress=True)  # a few hundred bytes per config
     assert chunks == [16, 16, 16]  # the budget allows fewer than 16: the smallest chunk is used
-    assert "sweep chunks" in capsys.readouterr().out
+    shown = capsys.readouterr()
+    assert "sweep chunks" in shown.err and shown.out == ""  # on stderr: stdout stays clean
     whole = sweep(bowl, np.float32([1.0]), "sgd", grid={"learning_rate": lrs}, steps=20)
-    assert chunks[3:] == [40] and capsys.readouterr().out == ""  # one chunk: no progress bar
+    assert chunks[3:] == [40] and capsys.readouterr().err == ""  # one chunk: no progress bar
     np.testing.assert_array_equal(res.params, whole.params)
 
 
