@@ -480,8 +480,9 @@ def _steadiest(res: Any) -> int:
     """The config whose largest loss over the last tenth of its history is smallest, not
     diverged (the first config when all diverged)."""
     tail = res.history.loss[:, -max(1, res.history.loss.shape[1] // 10):]
-    score = np.where(res.status == "diverged", np.inf, np.nanmax(tail, axis=1))
-    return int(np.argmin(np.nan_to_num(score, nan=np.inf)))
+    # a diverged run records non-finite losses after its divergence: they score +inf
+    score = np.max(np.nan_to_num(tail, nan=np.inf), axis=1)
+    return int(np.argmin(np.where(res.status == "diverged", np.inf, score)))
 
 
 def _race_table(rows: list[dict[str, Any]], title: str) -> Table:
