@@ -100,8 +100,7 @@ class _Carry(NamedTuple):
     grad: PyTree
     best_loss: jax.Array
     status: jax.Array
-    steps: jax.Array
-    diverged_at: jax.Array
+    stopped_at: jax.Array  # the step at which the status left RUNNING; -1 while running
     t: jax.Array
 
 
@@ -141,8 +140,7 @@ def _step(
 
     finite = jnp.isfinite(loss)
     commit = running & finite
-    blew_up = running & ~finite
-    status = jnp.where(blew_up, DIVERGED, c.status)
+    status = jnp.where(running & ~finite, DIVERGED, c.status)
     if gtol is not None or ftol is not None:
         met = _tolerance_met(loss, grad, c.loss, gtol, ftol)
         status = jnp.where(commit & met, CONVERGED, status)
@@ -153,8 +151,7 @@ def _step(
         grad=grad,
         best_loss=jnp.minimum(c.best_loss, jnp.where(commit, loss, jnp.inf)),
         status=status,
-        steps=c.steps + commit.astype(jnp.int32),
-        diverged_at=jnp.where(blew_up, t, c.diverged_at),
+        stopped_at=jnp.where(running & (status != RUNNING), t, c.stopped_at),
         t=t,
     )
 
@@ -224,8 +221,7 @@ def run(
         grad=grad,
         best_loss=jnp.where(finite, loss, jnp.inf).astype(dtype),
         status=status.astype(jnp.int32),
-        steps=jnp.int32(0),
-        diverged_at=jnp.where(finite, -1, 0).astype(jnp.int32),
+        stopped_at=jnp.where(status == RUNNING, -1, 0).astype(jnp.int32),
         t=jnp.int32(0),
     )
 
@@ -256,6 +252,10 @@ def run(
     history = History(jnp.asarray(record_steps(steps, record_every)), *records)
 
     status = jnp.where(carry.status == RUNNING, MAX_STEPS, carry.status).astype(jnp.int32)
+    # Updates applied: all of them, or up to the stop (a diverged run's last update is rejected).
+    diverged = status == DIVERGED
+    n_steps = jnp.where(status == MAX_STEPS, steps, carry.stopped_at - diverged).astype(jnp.int32)
+    n_steps = jnp.maximum(n_steps, 0)
     # A diverged run's carry holds the non-finite values its last update produced: evaluate the
     # frozen (last finite) parameters once more.
     loss, grad = value_and_grad(carry.params, carry.t, aux)
@@ -265,8 +265,8 @@ def run(
         grad_norm=optax.tree.norm(grad),
         best_loss=carry.best_loss,
         status=status,
-        steps=carry.steps,
-        diverged_at=carry.diverged_at,
+        steps=n_steps,
+        diverged_at=jnp.where(diverged, carry.stopped_at, -1).astype(jnp.int32),
         history=history,
         opt_state=carry.opt_state,
     )
