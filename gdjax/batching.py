@@ -161,20 +161,18 @@ def fit(
         indices = None
         if batch_size < n:
             indices = batch_schedule(jax.random.key(seed), n, batch_size, epochs)
+        names, values = optimizers.as_vector(numbers)
         packed = _fit(
-            params, numbers, data, indices, tol, loss_fn=loss_fn, tx=tx, eval_fn=eval_fn,
-            steps=steps, record_every=record_every,
+            params, values, data, indices, tol, loss_fn, tx, names, eval_fn, steps, record_every
         )
         return Result.from_packed(packed, steps, record_every)
 
 
-@functools.partial(
-    jax.jit, static_argnames=("loss_fn", "tx", "eval_fn", "steps", "record_every")
-)
-def _fit(params, numbers, data, indices, tol, *, loss_fn, tx, eval_fn, steps, record_every):
+@functools.partial(jax.jit, static_argnums=tuple(range(5, 11)))
+def _fit(params, values, data, indices, tol, loss_fn, tx, names, eval_fn, steps, record_every):
     run = engine.run(
         batch_source(loss_fn), tx, params, steps=steps, aux=(data, indices),
-        opt_state=optimizers.init_state(tx, params, numbers), record_every=record_every,
-        gtol=tol, record_fn=eval_fn,
+        opt_state=optimizers.init_state(tx, params, dict(zip(names, values, strict=True))),
+        record_every=record_every, gtol=tol, record_fn=eval_fn,
     )
     return pack(run, loss=loss_fn(run.params, data))

@@ -37,6 +37,7 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 
@@ -146,6 +147,16 @@ def prepare(
             f"optimizer={opt!r} of type {type(opt).__name__}"
         )
     return opt, dict(hyperparameters)
+
+
+def as_vector(numbers: Mapping[str, Any]) -> tuple[tuple[str, ...], Any]:
+    """``(names, values)``: concrete hyperparameters as one float64 NumPy vector.
+
+    One jit argument instead of one per hyperparameter: each argument costs dispatch time.
+    ``init_state`` casts each value to the dtype of its slot in the optimiser state.
+    """
+    names = tuple(sorted(numbers))
+    return names, np.array([numbers[k] for k in names], dtype=np.float64)
 
 
 def init_state(tx: optax.GradientTransformation, params: Any, numbers: Mapping[str, Any]) -> Any:
