@@ -12,9 +12,10 @@ Every step is a pure function of the carry, so ``jax.vmap(run)`` is a sweep: not
 traced value and nothing breaks out early. A run that has finished simply stops changing:
 
 * *converged*: the gradient norm fell to ``gtol`` or the loss changed by at most ``ftol``;
-* *diverged*: the loss, the gradient or the parameters became non-finite. The run is frozen at its
-  last finite state and remembers the step at which it diverged, so one bad member of a sweep never
-  turns the others into NaN;
+* *diverged*: the loss became non-finite (a non-finite gradient or parameter shows in the loss at
+  once or one step later; the start is checked in full). The run is frozen at its last finite
+  parameters and remembers the step at which it diverged, so one bad member of a sweep never turns
+  the others into NaN;
 * *max_steps*: neither happened within ``steps``.
 
 History is decimated: every ``record_every`` steps the loop stores the loss, the gradient norm and,
@@ -130,8 +131,8 @@ def _step(
 ) -> _Carry:
     # Kept lean: on small problems every extra op in this body shows in the step time. Only the
     # loss is checked (a non-finite parameter or gradient makes it non-finite at once or one step
-    # later) and only the parameters are frozen: the loss and gradient of a stopped run are
-    # recomputed at its frozen parameters by the caller, and its optimiser state may move on.
+    # later) and only the parameters are frozen: :func:`run` evaluates the loss and gradient at
+    # the frozen parameters once at the end, and a stopped run's optimiser state may move on.
     running = c.status == RUNNING
     updates, opt_state = tx.update(c.grad, c.opt_state, c.params)
     params = optax.apply_updates(c.params, updates)
