@@ -2,12 +2,12 @@
 
 The seed's notes describe three variants that differ only in how many samples feed each gradient:
 stochastic (one sample), mini-batch (16, 32, 64, 128...) and batch (the whole training set). This
-example trains the same small MLP (64 -> 32 -> 10, tanh) on the 8x8 digits bundled with
-scikit-learn (1797 images, no download) with ``gdjax.fit`` at batch sizes from 1 to the full
-training set, for the same number of epochs and the same Adam learning rate, and draws the test
-loss twice: per epoch (every variant has seen the same data) and per update step (every variant
-has taken the same number of steps). Per epoch the small batches win, because they take many more
-steps; per step the large batches win, because each step follows a better gradient.
+example trains the same small MLP (64 -> 32 -> 10, tanh, from ``gdjax.batch_study``) on the 8x8
+digits bundled with scikit-learn (1797 images, no download) with ``gdjax.fit`` at batch sizes from
+1 to the full training set, for the same number of epochs and the same Adam learning rate, and
+draws the test loss twice: per epoch (every variant has seen the same data) and per update step
+(every variant has taken the same number of steps). Per epoch the small batches win, because they
+take many more steps; per step the large batches win, because each step follows a better gradient.
 
 (For the seed's other batch-size claim, Keskar et al.'s sharp and flat minima, see
 ``examples/keskar_study.py``.)
@@ -25,38 +25,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from matplotlib.figure import Figure
-from sklearn.datasets import load_digits
-from sklearn.model_selection import train_test_split
 
 from gdjax import plot
+from gdjax.batch_study import accuracy, cross_entropy, init_mlp, load_digits_split
 from gdjax.batching import fit
-
-
-def init_mlp(key, sizes=(64, 32, 10)):
-    """Glorot-uniform weights and zero biases."""
-    params = []
-    keys = jax.random.split(key, len(sizes) - 1)
-    for k, n_in, n_out in zip(keys, sizes[:-1], sizes[1:], strict=True):
-        limit = np.sqrt(6.0 / (n_in + n_out))
-        params.append({"w": jax.random.uniform(k, (n_in, n_out), minval=-limit, maxval=limit),
-                       "b": jnp.zeros(n_out)})
-    return params
-
-
-def logits(params, x):
-    for layer in params[:-1]:
-        x = jnp.tanh(x @ layer["w"] + layer["b"])
-    return x @ params[-1]["w"] + params[-1]["b"]
-
-
-def loss(params, batch):
-    """Mean cross-entropy of a batch ``(images, labels)``."""
-    x, y = batch
-    return -jnp.mean(jnp.take_along_axis(jax.nn.log_softmax(logits(params, x)), y[:, None], 1))
-
-
-def accuracy(params, x, y):
-    return jnp.mean(jnp.argmax(logits(params, x), axis=-1) == y)
 
 
 def padded(rows):
@@ -76,30 +48,27 @@ def main() -> None:
     fast = bool(os.environ.get("GDJAX_EXAMPLES_FAST"))
     epochs = 3 if fast else 20
 
-    digits = load_digits()
-    x = (digits.data / 16.0).astype(np.float32)
-    x_train, x_test, y_train, y_test = train_test_split(
-        x, digits.target.astype(np.int32), test_size=0.2, random_state=0, stratify=digits.target)
-    n = len(x_train)
+    train, test = load_digits_split(test_fraction=0.2)
+    n = len(train["x"])
     batch_sizes = (16, n) if fast else (1, 8, 32, 128, n)
-    data = (jnp.asarray(x_train), jnp.asarray(y_train))
-    test = (jnp.asarray(x_test), jnp.asarray(y_test))
-    params0 = init_mlp(jax.random.key(0))
+    data = jax.tree.map(jnp.asarray, train)
+    test = jax.tree.map(jnp.asarray, test)
+    params0 = init_mlp(jax.random.key(0), (64, 32, 10))
 
     def test_loss(p):
-        return loss(p, test)
+        return cross_entropy(p, test)
 
     steps, curves = [], []
     for batch_size in batch_sizes:
         started = time.perf_counter()
         per_epoch = n // batch_size
-        res = fit(loss, params0, data, optimizer="adam", learning_rate=1e-3,
+        res = fit(cross_entropy, params0, data, optimizer="adam", learning_rate=1e-3,
                   batch_size=batch_size, epochs=epochs, seed=0, eval_fn=test_loss,
                   record_every=max(1, per_epoch // 8))
         seconds = time.perf_counter() - started
         kind = {1: "stochastic", n: "batch"}.get(batch_size, "mini-batch")
         print(f"{kind:10s} batch {batch_size:4d}: {res.steps:6d} steps, train loss "
-              f"{float(res.loss):.4f}, test accuracy {float(accuracy(res.params, *test)):.3f} "
+              f"{float(res.loss):.4f}, test accuracy {float(accuracy(res.params, test)):.3f} "
               f"({seconds:.1f} s with compilation)")
         steps.append(np.asarray(res.history.step))
         curves.append(np.asarray(res.history.metrics))
