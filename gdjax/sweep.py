@@ -240,7 +240,9 @@ def sweep(
             n = 0
             inputs.scalar_function("f", f, x0)
             loss_dtype = jax.eval_shape(f, x0).dtype
-        tx, _ = optimizers.resolve(optimizer, x0, hyperparameters)
+        tx, fixed_values = optimizers.prepare(optimizer, hyperparameters)
+        # checks the fixed hyperparameters against the state, abstractly (no eager work)
+        jax.eval_shape(functools.partial(optimizers.init_state, tx, numbers=fixed_values), x0)
         fixed = {k: v for k, v in hyperparameters.items() if v is not None and not callable(v)}
         axes = _expand(
             grid, x0=x0, optimizer=optimizer, fixed=fixed, n=n if fit_style else None,
@@ -528,7 +530,7 @@ def _check_values(name: str, values: np.ndarray, optimizer: Any, x0: PyTree) -> 
         return
     for v in (values.min(), values.max()):
         try:
-            optimizers.resolve(optimizer, x0, {name: float(v)})
+            optimizers.prepare(optimizer, {name: float(v)})
         except ValueError as e:
             raise ValueError(f"grid axis {name!r}: {e}") from None
 
