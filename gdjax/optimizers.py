@@ -105,17 +105,6 @@ def hyperparameters(name: str) -> dict[str, float]:
     return dict(_spec(name).defaults)
 
 
-def resolve(
-    opt: str | optax.GradientTransformation, params: Any, hyperparameters: Mapping[str, Any]
-) -> tuple[optax.GradientTransformation, Any]:
-    """A transformation and its initial state, with hyperparameters placed in the state.
-
-    ``prepare`` followed by ``init_state``; see both.
-    """
-    tx, numbers = prepare(opt, hyperparameters)
-    return tx, init_state(tx, params, numbers)
-
-
 def prepare(
     opt: str | optax.GradientTransformation, hyperparameters: Mapping[str, Any]
 ) -> tuple[optax.GradientTransformation, dict[str, Any]]:

@@ -242,7 +242,9 @@ def sweep(
             loss_dtype = jax.eval_shape(f, x0).dtype
         tx, fixed_values = optimizers.prepare(optimizer, hyperparameters)
         # checks the fixed hyperparameters against the state, abstractly (no eager work)
-        jax.eval_shape(functools.partial(optimizers.init_state, tx, numbers=fixed_values), x0)
+        state = jax.eval_shape(
+            functools.partial(optimizers.init_state, tx, numbers=fixed_values), x0
+        )
         fixed = {k: v for k, v in hyperparameters.items() if v is not None and not callable(v)}
         axes = _expand(
             grid, x0=x0, optimizer=optimizer, fixed=fixed, n=n if fit_style else None,
@@ -255,7 +257,7 @@ def sweep(
             size = _batch_size(n if batch_size is None else batch_size, n) if fit_style else 0
             batch_sizes = np.full(count, size, dtype=np.int64)
 
-        dtypes = _hyper_dtypes(tx, x0)
+        dtypes = {k: np.dtype(v.dtype) for k, v in getattr(state, "hyperparams", {}).items()}
         shared = {
             "x0": x0,
             "hyper": {k: np.asarray(v, dtypes[k]) for k, v in fixed.items()},
@@ -554,11 +556,6 @@ def _orders(seeds: np.ndarray, n: int, epochs: int) -> np.ndarray:
     """
     draw = jax.vmap(lambda s: batching.batch_schedule(jax.random.key(s), n, n, epochs))
     return np.asarray(draw(jnp.asarray(seeds, jnp.int32)))
-
-
-def _hyper_dtypes(tx: optax.GradientTransformation, x0: PyTree) -> dict[str, np.dtype]:
-    state = jax.eval_shape(tx.init, x0)
-    return {k: np.dtype(v.dtype) for k, v in getattr(state, "hyperparams", {}).items()}
 
 
 def _short(value: Any, limit: int = 80) -> str:
