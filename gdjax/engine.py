@@ -9,7 +9,8 @@ A *run* takes a gradient source, an optax transform and a start, and applies ``s
     x_{t+1} = x_t + u_t .
 
 Every step is a pure function of the carry, so ``jax.vmap(run)`` is a sweep: nothing branches on a
-traced value and nothing breaks out early. A run that has finished simply stops changing:
+run's own values and nothing breaks out early (a batch may skip or replay a segment as a whole,
+see :func:`run`). A run that has finished simply stops changing:
 
 * *converged*: the gradient norm fell to ``gtol`` or the loss changed by at most ``ftol``;
 * *diverged*: the loss became non-finite (a non-finite gradient or parameter shows in the loss at
@@ -19,7 +20,8 @@ traced value and nothing breaks out early. A run that has finished simply stops 
 * *max_steps*: neither happened within ``steps``.
 
 History is decimated: every ``record_every`` steps the loop stores the loss, the gradient norm and,
-when asked, the parameters and user metrics, so memory does not grow with ``steps``.
+when asked, the parameters and user metrics, so memory does not grow with ``steps``. Records
+after a run stopped repeat its final state.
 """
 
 from __future__ import annotations
@@ -53,8 +55,9 @@ class History(NamedTuple):
 
     Attributes:
       step: int32 ``(R,)``, the step index of each record (``0, k, 2k, ..., steps``).
-      loss: ``(R,)`` loss at the recorded parameters (the mini-batch loss for ``fit``); after a
-        run diverged, the non-finite value of the update it rejected.
+      loss: ``(R,)`` loss at the recorded parameters (the mini-batch loss for ``fit``). Records
+        after a run stopped repeat its final state; a diverged run's loss and gradient norm read
+        NaN from the step it diverged at.
       grad_norm: ``(R,)`` global L2 norm of the gradient there.
       params: the recorded parameters with a leading ``(R,)`` axis, or ``None``.
       metrics: the recorded ``record_fn(params)`` pytree with a leading ``(R,)`` axis, or ``None``.
@@ -103,6 +106,21 @@ class _Carry(NamedTuple):
     status: jax.Array
     stopped_at: jax.Array  # the step at which the status left RUNNING; -1 while running
     t: jax.Array
+
+
+class _Frozen(NamedTuple):
+    """The per-run part of a :class:`_Carry`: what a stopping run's replay replaces."""
+
+    params: PyTree
+    loss: jax.Array
+    grad: PyTree
+    best_loss: jax.Array
+    status: jax.Array
+    stopped_at: jax.Array
+
+    @classmethod
+    def of(cls, c: _Carry) -> _Frozen:
+        return cls(c.params, c.loss, c.grad, c.best_loss, c.status, c.stopped_at)
 
 
 def autodiff(f: Callable[[PyTree], jax.Array]) -> ValueAndGrad:
@@ -166,6 +184,10 @@ def _tolerance_met(loss, grad, previous_loss, gtol, ftol) -> jax.Array:
     return met
 
 
+SEGMENT_STEPS = 64
+"""Steps per segment: the loop checks for stopped runs once per segment (see :func:`run`)."""
+
+
 def run(
     value_and_grad: ValueAndGrad,
     tx: optax.GradientTransformation,
@@ -179,12 +201,24 @@ def run(
     ftol: float | jax.Array | None = None,
     record_params: bool = False,
     record_fn: Callable[[PyTree], PyTree] | None = None,
+    axis_name: str | None = None,
 ) -> Run:
     """Run ``steps`` updates of ``tx`` from ``params`` in one scanned loop.
 
     Traceable: call it under ``jax.jit`` and ``jax.vmap`` (a sweep is ``vmap`` of this function).
     Arguments are checked by the public entry points (:func:`gdjax.minimize`, :func:`gdjax.fit`,
     :func:`gdjax.sweep`), not here.
+
+    One run (``axis_name=None``) checks every step: the status, the freeze, the best loss. A
+    batch (``vmap`` with ``axis_name``) runs in segments of about :data:`SEGMENT_STEPS` steps
+    instead, because per-run bookkeeping at every step costs as much as a small problem's
+    arithmetic. A segment first runs as plain updates, as a hand-written loop would, keeping only
+    a running sum and minimum of each run's loss (and whether a tolerance was met). Only when that
+    shows a run stopping inside the segment (a non-finite sum, a tolerance met) is the segment run
+    again from its start with the per-step checks, and the stopping runs take that replay; a
+    segment in which every run had already stopped is skipped. The decisions are taken once for
+    the whole batch (``lax.psum`` over ``axis_name``), so the branches stay branches. Both ways
+    give the same statuses, steps and frozen parameters.
 
     Args:
       value_and_grad: the gradient source, ``(params, t, aux) -> (loss, grads)``; see
@@ -201,6 +235,8 @@ def run(
       ftol: converged once one update changes the loss by ``<= ftol``; ``None`` disables it.
       record_params: also record the parameters (e.g. for trajectory plots).
       record_fn: ``params -> pytree of arrays`` recorded beside the loss (e.g. a test loss).
+      axis_name: the name of the enclosing ``vmap`` axis when running a batch (see above);
+        vmapping without it also works, with the per-step checks.
 
     Returns:
       A :class:`Run`.
@@ -226,8 +262,10 @@ def run(
         t=jnp.int32(0),
     )
 
-    def one_step(c, _):
-        return _step(c, value_and_grad, tx, aux, gtol, ftol), None
+    def batch_any(flag):
+        if axis_name is None:
+            return flag
+        return lax.psum(flag.astype(jnp.int32), axis_name) > 0
 
     def snapshot(c):
         return (
@@ -237,20 +275,97 @@ def run(
             None if record_fn is None else record_fn(c.params),
         )
 
-    def record_then_advance(c, _):
-        record = snapshot(c)
-        c, _ = lax.scan(one_step, c, length=record_every)
-        return c, record
+    def exact_step(c, _):
+        return _step(c, value_and_grad, tx, aux, gtol, ftol), None
+
+    def fast_step(state, _):
+        c, total, met = state
+        updates, opt_state = tx.update(c.grad, c.opt_state, c.params)
+        params = optax.apply_updates(c.params, updates)
+        t = c.t + 1
+        loss, grad = value_and_grad(params, t, aux)
+        if gtol is not None or ftol is not None:
+            met = met | _tolerance_met(loss, grad, c.loss, gtol, ftol)
+        c = c._replace(
+            params=params, opt_state=opt_state, loss=loss, grad=grad,
+            best_loss=jnp.minimum(c.best_loss, loss), t=t,
+        )
+        # Any non-finite loss leaves the sum non-finite (an overflow of the sum only costs a
+        # needless replay).
+        return (c, total + loss, met), None
+
+    def blocks(step, state, n_blocks, k, carry_of=lambda state: state):
+        """``n_blocks * k`` steps, a snapshot before every ``k``-th."""
+
+        def block(state, _):
+            record = snapshot(carry_of(state))
+            if k == 1:
+                state, _ = step(state, None)
+            else:
+                state, _ = lax.scan(step, state, length=k)
+            return state, record
+
+        return lax.scan(block, state, length=n_blocks)
+
+    def segment(c0, n_blocks, k):
+        """``n_blocks`` records of ``k`` steps each, skipped when every run has stopped."""
+        running = c0.status == RUNNING
+
+        def skip(c0):
+            record = jax.tree.map(lambda r: jnp.broadcast_to(r, (n_blocks, *r.shape)),
+                                  snapshot(c0))
+            return c0._replace(t=c0.t + n_blocks * k), record
+
+        def exact(c0):
+            return blocks(exact_step, c0, n_blocks, k)
+
+        def fast_then_replay(c0):
+            zero = jnp.zeros((), dtype)
+            (c, total, met), records = blocks(
+                fast_step, (c0, zero, jnp.array(False)), n_blocks, k, lambda state: state[0]
+            )
+            # A run stopped before the segment keeps its parameters (its state may move on).
+            c = c._replace(params=_select(running, c.params, c0.params),
+                           best_loss=jnp.where(running, c.best_loss, c0.best_loss))
+            stopping = running & (~jnp.isfinite(total) | met)
+
+            def replay(fast):
+                c, records = fast
+                replayed, replayed_records = exact(c0)
+                # Only what differs per run is merged: the step count and the optimiser state
+                # stay the fast path's (uniform across a batch, so e.g. Adam's bias correction
+                # stays one scalar, not one per run; a stopped run's state is unused).
+                merged = _select(stopping, _Frozen.of(replayed), _Frozen.of(c))
+                return c._replace(**merged._asdict()), _select(
+                    stopping, replayed_records, records
+                )
+
+            return lax.cond(batch_any(stopping), replay, lambda fast: fast, (c, records))
+
+        if axis_name is None:
+            # One run: the checked steps cost little next to a branch per segment.
+            return exact(c0)
+        return lax.cond(batch_any(running), fast_then_replay, skip, c0)
 
     n_records, tail = divmod(steps, record_every)
-    carry, records = lax.scan(record_then_advance, carry, length=n_records)
-    extra = []
+    # One run is one segment; a batch checks in segments of about SEGMENT_STEPS steps.
+    per_segment = max(1, n_records if axis_name is None else SEGMENT_STEPS // record_every)
+    n_segments, rest = divmod(n_records, per_segment)
+    parts = []
+    if n_segments == 1:
+        carry, records = segment(carry, per_segment, record_every)
+        parts.append(records)
+    elif n_segments:
+        carry, records = lax.scan(
+            lambda c, _: segment(c, per_segment, record_every), carry, length=n_segments
+        )
+        parts.append(jax.tree.map(lambda r: r.reshape(-1, *r.shape[2:]), records))
+    if rest:
+        carry, records = segment(carry, rest, record_every)
+        parts.append(records)
     if tail:
-        extra.append(snapshot(carry))
-        carry, _ = lax.scan(one_step, carry, length=tail)
-    extra.append(snapshot(carry))
-    records = jax.tree.map(lambda rs, *r: jnp.concatenate([rs, jnp.stack(r)]), records, *extra)
-    history = History(jnp.asarray(record_steps(steps, record_every)), *records)
+        carry, records = segment(carry, 1, tail)
+        parts.append(records)
 
     status = jnp.where(carry.status == RUNNING, MAX_STEPS, carry.status).astype(jnp.int32)
     # Updates applied: all of them, or up to the stop (a diverged run's last update is rejected).
@@ -260,6 +375,27 @@ def run(
     # A diverged run's carry holds the non-finite values its last update produced: evaluate the
     # frozen (last finite) parameters once more.
     loss, grad = value_and_grad(carry.params, carry.t, aux)
+    final = carry._replace(loss=loss, grad=grad)
+    parts.append(jax.tree.map(lambda r: r[None], snapshot(final)))
+    records = jax.tree.map(lambda *rs: jnp.concatenate(rs), *parts)
+    # After the stop the records repeat the final state; a diverged run's loss and gradient
+    # norm read NaN from the step it diverged at.
+    at = jnp.asarray(record_steps(steps, record_every))
+    after = (status != MAX_STEPS) & (at > carry.stopped_at - diverged)
+    nan_after = after & diverged
+    rec_loss, rec_norm, rec_params, rec_metrics = records
+    fin_loss, fin_norm, fin_params, fin_metrics = snapshot(final)
+
+    def hold(r, f):
+        return jnp.where(after.reshape(-1, *([1] * f.ndim)), f, r)
+
+    history = History(
+        at,
+        jnp.where(nan_after, jnp.nan, hold(rec_loss, fin_loss)),
+        jnp.where(nan_after, jnp.nan, hold(rec_norm, fin_norm)),
+        None if rec_params is None else jax.tree.map(hold, rec_params, fin_params),
+        None if rec_metrics is None else jax.tree.map(hold, rec_metrics, fin_metrics),
+    )
     return Run(
         params=carry.params,
         loss=loss,

@@ -69,6 +69,9 @@ PyTree = Any
 AXIS = "sweep"
 """The name of the mesh axis the configs are sharded over."""
 
+CONFIGS = "configs"
+"""The name of the ``vmap`` axis over one device's configs (the engine decides per device)."""
+
 DEFAULT_MEMORY_BUDGET = 1 << 30
 """Bytes one chunk of configs may use per device (1 GiB), by a rough estimate per config."""
 
@@ -593,8 +596,13 @@ class _Outcome(NamedTuple):
     history: engine.History
 
 
-def _run_one(varying: PyTree, shared: PyTree, static: _Static) -> _Outcome:
-    """One config: exactly what ``minimize`` (or ``fit``) runs, with its values as arrays."""
+def _run_one(
+    varying: PyTree, shared: PyTree, static: _Static, axis_name: str | None = None
+) -> _Outcome:
+    """One config: exactly what ``minimize`` (or ``fit``) runs, with its values as arrays.
+
+    ``axis_name`` names the ``vmap`` axis over a device's configs (see :func:`gdjax.engine.run`).
+    """
     x0 = varying.get("x0", shared["x0"])
     state = optimizers.set_hyperparameters(
         static.tx.init(x0), {**shared["hyper"], **varying["hyper"]}
@@ -612,7 +620,7 @@ def _run_one(varying: PyTree, shared: PyTree, static: _Static) -> _Outcome:
     run = engine.run(
         source, static.tx, x0, steps=static.steps, aux=aux, opt_state=state,
         record_every=static.record_every, gtol=shared["tol"], ftol=shared["ftol"],
-        record_params=static.record_params, record_fn=static.eval_fn,
+        record_params=static.record_params, record_fn=static.eval_fn, axis_name=axis_name,
     )
     loss = static.f(run.params, shared["data"]) if static.n else run.loss
     return _Outcome(
@@ -624,7 +632,10 @@ def _run_one(varying: PyTree, shared: PyTree, static: _Static) -> _Outcome:
 @functools.partial(jax.jit, static_argnames=("static",))
 def _run_chunk(varying: PyTree, shared: PyTree, static: _Static) -> _Outcome:
     """``vmap`` of :func:`_run_one` over a chunk, its config axis sharded over the mesh."""
-    per_device = jax.vmap(functools.partial(_run_one, static=static), in_axes=(0, None))
+    per_device = jax.vmap(
+        functools.partial(_run_one, static=static, axis_name=CONFIGS), in_axes=(0, None),
+        axis_name=CONFIGS,
+    )
     return jax.shard_map(
         per_device, mesh=static.mesh, in_specs=(P(AXIS), P()), out_specs=P(AXIS),
         check_vma=False,
