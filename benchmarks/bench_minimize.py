@@ -58,8 +58,18 @@ def _rosenbrock_rows(quick: bool) -> list[Row]:
         res = minimize(f, x0, "adam", learning_rate=LR, steps=STEPS)
         np.testing.assert_allclose(res.params, hand_scan(x0)[0], rtol=1e-3, atol=1e-5)
         case = f"rosenbrock {dim}-D adam {STEPS} steps"
+        # The same loop with the learning rate as an argument in inject_hyperparams' state, as
+        # gdjax keeps it (a new value must not recompile): what that property costs by itself.
+        tx_inj = optax.inject_hyperparams(optax.adam)(learning_rate=LR)
+        hand_inj = _hand_scan(f, tx_inj, STEPS)
+        hi = lambda x0=x0, hand_inj=hand_inj: block(hand_inj(x0))
+        first_call_time(hi)
+        t_gd, t_hs, t_hi = (min(best_time(g, repeat=repeat) for _ in range(2))
+                            for g in (gd, hs, hi))
         rows += [
             Row("minimize", case, t_gd, "optax lax.scan (jit)", t_hs, "whole call; target 0.91x"),
+            Row("minimize", case, t_gd, "optax lax.scan, inject_hyperparams", t_hi,
+                "whole call; the peer keeps lr in its state as gdjax does"),
             Row("minimize", "  first call incl. compile", gd_first, "optax lax.scan (jit)",
                 hs_first),
         ]

@@ -64,16 +64,14 @@ def float_params(name: str, tree: PyTree) -> PyTree:
     return jax.tree.map(lambda x: x if isinstance(x, jax.Array) else jnp.asarray(x), tree)
 
 
-def scalar_function(name: str, f: Callable, *args: Any) -> None:
-    """``TypeError``/``ValueError`` unless ``f(*args)`` is a real scalar (checked abstractly)."""
+def scalar_function(name: str, f: Callable, *args: Any) -> jax.ShapeDtypeStruct:
+    """``TypeError``/``ValueError`` unless ``f(*args)`` is a real scalar (checked abstractly).
+
+    Returns the output's shape and dtype.
+    """
     if not callable(f):
         raise TypeError(f"{name} must be callable, got {name}={f!r}")
-    leaves, treedef = jax.tree.flatten(args)
-    signature = (treedef, tuple((jnp.shape(x), jnp.result_type(x)) for x in leaves))
-    try:
-        out = _output_shape(f, signature)
-    except TypeError:  # an unhashable callable: no cache
-        out = jax.eval_shape(f, *args)
+    out = abstract(f, *args)
     shape = getattr(out, "shape", None)
     if shape != ():
         raise ValueError(
@@ -82,10 +80,25 @@ def scalar_function(name: str, f: Callable, *args: Any) -> None:
         )
     if not jnp.issubdtype(out.dtype, jnp.floating):
         raise TypeError(f"{name} must return a floating-point scalar, got dtype {out.dtype}")
+    return out
+
+
+def abstract(f: Callable, *args: Any) -> Any:
+    """``jax.eval_shape(f, *args)``, cached per ``f`` and argument shapes and dtypes.
+
+    Tracing costs milliseconds; repeated calls with new values of the same shapes reuse it. An
+    unhashable ``f`` is traced every time.
+    """
+    leaves, treedef = jax.tree.flatten(args)
+    signature = (treedef, tuple((jnp.shape(x), jnp.result_type(x)) for x in leaves))
+    try:
+        return _abstract(f, signature)
+    except TypeError:
+        return jax.eval_shape(f, *args)
 
 
 @functools.lru_cache(maxsize=512)
-def _output_shape(f: Callable, signature: tuple) -> jax.ShapeDtypeStruct:
+def _abstract(f: Callable, signature: tuple) -> Any:
     treedef, avals = signature
     args = jax.tree.unflatten(treedef, [jax.ShapeDtypeStruct(s, d) for s, d in avals])
     return jax.eval_shape(f, *args)

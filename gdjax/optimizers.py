@@ -120,6 +120,10 @@ def prepare(
       numeric hyperparameters to place in its state.
     """
     if isinstance(opt, str):
+        if all(type(v) is float or v is None for v in hyperparameters.values()):
+            # plain numbers: checked once per distinct call (a hot loop calls with the same)
+            tx, numbers = _prepared(opt, tuple(sorted(hyperparameters.items())))
+            return tx, dict(numbers)
         hyperparameters = _checked(opt, hyperparameters)
         schedules = {k: v for k, v in hyperparameters.items() if callable(v)}
         # Every default is passed too, so the argument structure (hence the compiled program)
@@ -211,6 +215,8 @@ def _checked(name: str, hyperparameters: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _is_concrete_scalar(v: Any) -> bool:
+    if isinstance(v, (int, float)):  # the common case, without jnp's argument checks
+        return True
     try:
         return jnp.ndim(v) == 0 and not isinstance(v, jax.core.Tracer)
     except TypeError:
@@ -226,6 +232,13 @@ def _check_range(k: str, v: float) -> None:
         raise ValueError(f"{k} must be non-negative, got {k}={v}")
     if k in _BELOW_ONE and v >= 1:
         raise ValueError(f"{k} must be in [0, 1), got {k}={v}")
+
+
+@functools.lru_cache(maxsize=1024)
+def _prepared(name: str, items: tuple) -> tuple[optax.GradientTransformation, tuple]:
+    hyperparameters = _checked(name, dict(items))
+    numbers = {k: float(v) for k, v in {**_spec(name).defaults, **hyperparameters}.items()}
+    return _cached(name, ()), tuple(numbers.items())
 
 
 @functools.lru_cache(maxsize=256)

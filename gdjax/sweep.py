@@ -237,17 +237,15 @@ def sweep(
         if fit_style:
             data = jax.tree.map(jnp.asarray, data)
             n = batching.sample_count(data)
-            inputs.scalar_function("f", f, x0, jax.tree.map(lambda a: a[:1], data))
-            loss_dtype = jax.eval_shape(f, x0, jax.tree.map(lambda a: a[:1], data)).dtype
+            loss_dtype = inputs.scalar_function(
+                "f", f, x0, jax.tree.map(lambda a: a[:1], data)
+            ).dtype
         else:
             n = 0
-            inputs.scalar_function("f", f, x0)
-            loss_dtype = jax.eval_shape(f, x0).dtype
+            loss_dtype = inputs.scalar_function("f", f, x0).dtype
         tx, fixed_values = optimizers.prepare(optimizer, hyperparameters)
         # checks the fixed hyperparameters against the state, abstractly (no eager work)
-        state = jax.eval_shape(
-            functools.partial(optimizers.init_state, tx, numbers=fixed_values), x0
-        )
+        state = inputs.abstract(_init_state(tx, fixed_values), x0)
         fixed = {k: v for k, v in hyperparameters.items() if v is not None and not callable(v)}
         axes = _expand(
             grid, x0=x0, optimizer=optimizer, fixed=fixed, n=n if fit_style else None,
@@ -282,7 +280,8 @@ def sweep(
 
         mesh = _mesh(tuple(jax.devices()))
         groups = []
-        for b in np.unique(batch_sizes):
+        sizes = np.unique(batch_sizes) if "batch_size" in axes else batch_sizes[:1]
+        for b in sizes:
             if fit_style:
                 per_epoch = n // int(b)
                 group_steps = epochs * per_epoch
@@ -294,7 +293,8 @@ def sweep(
                 record_params=bool(record_params), eval_fn=eval_fn, n=n, batch_size=int(b),
                 epochs=epochs, mesh=mesh,
             )
-            groups.append((static, np.flatnonzero(batch_sizes == b)))
+            groups.append((static, np.flatnonzero(batch_sizes == b) if len(sizes) > 1
+                           else np.arange(count)))
         out = _run_groups(
             groups, varying, shared, chunk_size=chunk_size, memory_budget=memory_budget,
             progress=progress, checkpoint=checkpoint, describe=_describe(f, optimizer, eval_fn),
@@ -566,6 +566,22 @@ def _short(value: Any, limit: int = 80) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
+def _init_state(tx: optax.GradientTransformation, values: Mapping[str, Any]) -> Callable:
+    """``x0 -> init_state(tx, x0, values)``; equal for equal plain-number ``values`` (cacheable)."""
+    try:
+        key = tuple(sorted((k, float(v)) for k, v in values.items()))
+    except TypeError:
+        key = None
+    if key is None:
+        return functools.partial(optimizers.init_state, tx, numbers=values)
+    return _init_state_cached(tx, key)
+
+
+@functools.lru_cache(maxsize=256)
+def _init_state_cached(tx: optax.GradientTransformation, values: tuple) -> Callable:
+    return functools.partial(optimizers.init_state, tx, numbers=dict(values))
+
+
 # --- the compiled program -----------------------------------------------------------------------
 
 
@@ -629,11 +645,49 @@ def _run_one(
     )
 
 
+def _run_chunk(varying: PyTree, shared: PyTree, static: _Static) -> _Packed:
+    """``vmap`` of :func:`_run_one` over a chunk, its config axis sharded over the mesh.
+
+    The outcome stays on the devices until :func:`_fetch` brings it to the host.
+    """
+    return _Packed(_run_packed(varying, shared, static=static), static)
+
+
+class _Packed(NamedTuple):
+    """A chunk's outcome as few device arrays (each costs a transfer), with its static info."""
+
+    arrays: tuple
+    static: _Static
+
+
+def _pack(out: _Outcome) -> tuple:
+    h = out.history
+    return (
+        out.params,
+        jnp.stack([out.loss, out.best_loss, out.grad_norm], axis=-1),
+        jnp.stack([out.status, out.steps, out.diverged_at], axis=-1),
+        jnp.stack([h.loss, h.grad_norm], axis=-1),
+        h.params,
+        h.metrics,
+    )
+
+
+def _unpack(packed: tuple, static: _Static) -> _Outcome:
+    """Host arrays of :func:`_pack` back into an :class:`_Outcome`."""
+    params, floats, ints, curves, h_params, h_metrics = packed
+    steps = engine.record_steps(static.steps, static.record_every)
+    history = engine.History(
+        np.repeat(steps[None], len(floats), axis=0), curves[..., 0], curves[..., 1],
+        h_params, h_metrics,
+    )
+    return _Outcome(params, floats[:, 0], floats[:, 1], floats[:, 2], ints[:, 0], ints[:, 1],
+                    ints[:, 2], history)
+
+
 @functools.partial(jax.jit, static_argnames=("static",))
-def _run_chunk(varying: PyTree, shared: PyTree, static: _Static) -> _Outcome:
-    """``vmap`` of :func:`_run_one` over a chunk, its config axis sharded over the mesh."""
+def _run_packed(varying: PyTree, shared: PyTree, static: _Static) -> tuple:
     per_device = jax.vmap(
-        functools.partial(_run_one, static=static, axis_name=CONFIGS), in_axes=(0, None),
+        lambda v, s: _pack(_run_one(v, s, static=static, axis_name=CONFIGS)), in_axes=(0, None),
         axis_name=CONFIGS,
     )
     return jax.shard_map(
@@ -652,6 +706,9 @@ def _mesh(devices: tuple[jax.Device, ...]) -> jax.sharding.Mesh:
 def _put(tree: PyTree, sharding: NamedSharding) -> PyTree:
     """Host arrays -> global arrays; each process fills only the shards it holds."""
 
+    if jax.process_count() == 1:
+        return jax.device_put(tree, sharding)  # one call for the whole tree
+
     def put(a):
         a = np.asarray(a)
         return jax.make_array_from_callback(a.shape, sharding, lambda index: a[index])
@@ -659,11 +716,13 @@ def _put(tree: PyTree, sharding: NamedSharding) -> PyTree:
     return jax.tree.map(put, tree)
 
 
-def _fetch(tree: PyTree) -> PyTree:
-    """Global arrays -> host NumPy arrays, whole on every process."""
+def _fetch(part: _Packed) -> _Outcome:
+    """A chunk's global arrays -> host NumPy arrays, whole on every process."""
     if jax.process_count() > 1:
-        return multihost_utils.process_allgather(tree, tiled=True)
-    return jax.device_get(tree)
+        arrays = multihost_utils.process_allgather(part.arrays, tiled=True)
+    else:
+        arrays = jax.device_get(part.arrays)
+    return _unpack(arrays, part.static)
 
 
 # --- chunks, progress, checkpoints ----------------------------------------------------------------
@@ -678,7 +737,7 @@ def _bytes_per_config(static: _Static, varying: PyTree, shared: PyTree) -> tuple
     """
     one = jax.tree.map(lambda a: a[0], varying)
     x0 = one.get("x0", shared["x0"])
-    work = 4 * _nbytes(x0) + 2 * _nbytes(jax.eval_shape(static.tx.init, x0))
+    work = 4 * _nbytes(x0) + 2 * _nbytes(inputs.abstract(static.tx.init, x0))
     if static.n:
         sample = _nbytes(jax.tree.map(lambda a: a[0], shared["data"]))
         work += 4 * static.steps * static.batch_size + 2 * static.batch_size * sample
@@ -772,9 +831,12 @@ def _run_group(
             part = jax.tree.map(lambda a: a[: hi - lo], _fetch(part))
             if store is not None:
                 store.save(f"g{g}-c{k}", part)
-        if out is None:
-            out = jax.tree.map(lambda a: np.empty((idx.size, *a.shape[1:]), a.dtype), part)
-        jax.tree.map(lambda o, a: o.__setitem__(slice(lo, hi), a), out, part)
+        if chunks == 1:
+            out = part  # the whole group: nothing to assemble
+        else:
+            if out is None:
+                out = jax.tree.map(lambda a: np.empty((idx.size, *a.shape[1:]), a.dtype), part)
+            jax.tree.map(lambda o, a: o.__setitem__(slice(lo, hi), a), out, part)
         advance()
 
     pending = None
