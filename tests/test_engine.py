@@ -1,0 +1,71 @@
+"""The engine's batch path (segments, replays, skips) against single runs; history after a stop."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from gdjax import engine
+
+A = 4.0  # f(x) = 0.5 * A * x^2: plain GD diverges exactly for lr > 2 / A = 0.5
+
+
+def _quadratic(x):
+    return 0.5 * A * jnp.sum(x**2)
+
+
+def _one(lr, *, axis_name=None, steps=300, gtol=1e-6, record_every=7):
+    tx = optax.inject_hyperparams(optax.sgd)(learning_rate=0.1)
+    x0 = jnp.array([1.0, -2.0])
+    state = tx.init(x0)
+    state = state._replace(hyperparams={**state.hyperparams, "learning_rate": lr})
+    return engine.run(
+        engine.autodiff(_quadratic), tx, x0, steps=steps, opt_state=state,
+        record_every=record_every, gtol=gtol, axis_name=axis_name,
+    )
+
+
+# stops at many different steps: converges fast, slowly, not at all; diverges early and late
+LRS = jnp.array([0.001, 0.01, 0.1, 0.25, 0.45, 0.499, 0.5, 0.55, 0.7, 1.0, 5.0],
+                jnp.float32)
+
+
+def test_batch_with_segments_equals_single_runs():
+    batch = jax.jit(jax.vmap(lambda lr: _one(lr, axis_name="c"), axis_name="c"))(LRS)
+    for i, lr in enumerate(LRS):
+        alone = jax.jit(_one)(lr)
+        assert int(batch.status[i]) == int(alone.status), float(lr)
+        assert int(batch.steps[i]) == int(alone.steps), float(lr)
+        assert int(batch.diverged_at[i]) == int(alone.diverged_at), float(lr)
+        np.testing.assert_allclose(batch.params[i], alone.params, rtol=1e-6)
+        np.testing.assert_allclose(batch.best_loss[i], alone.best_loss, rtol=1e-6)
+        np.testing.assert_allclose(batch.history.loss[i], alone.history.loss, rtol=1e-5)
+    statuses = set(engine.status_names(batch.status))
+    assert statuses == {"converged", "max_steps", "diverged"}
+    # exactly the learning rates above 2 / A diverge (fast enough to overflow in 300 steps)
+    np.testing.assert_array_equal(np.asarray(batch.status) == engine.DIVERGED, LRS > 2 / A)
+
+
+def test_segment_where_every_run_stopped_is_skipped_but_steps_and_records_stay_right():
+    # all converge within the first segment; the remaining segments are skipped
+    lrs = jnp.array([0.2, 0.25, 0.3], jnp.float32)
+    batch = jax.jit(jax.vmap(lambda lr: _one(lr, axis_name="c", steps=640), axis_name="c"))(lrs)
+    assert np.all(np.asarray(batch.status) == engine.CONVERGED)
+    assert np.all(np.asarray(batch.steps) < engine.SEGMENT_STEPS)
+    np.testing.assert_array_equal(batch.history.step[0], engine.record_steps(640, 7))
+
+
+def test_history_after_a_stop_holds_the_final_state():
+    for axis in (None, "c"):
+        run = jax.vmap(lambda lr, axis=axis: _one(lr, axis_name=axis), axis_name="c")(LRS)
+        steps = np.asarray(run.history.step[0])
+        for i in range(len(LRS)):
+            loss = np.asarray(run.history.loss[i])
+            if int(run.status[i]) == engine.CONVERGED:
+                after = steps >= int(run.steps[i])
+                np.testing.assert_array_equal(loss[after], np.float32(run.loss[i]))
+                assert np.all(np.isfinite(loss))
+            elif int(run.status[i]) == engine.DIVERGED:
+                after = steps >= int(run.diverged_at[i])
+                assert np.all(np.isnan(loss[after])) and np.all(np.isfinite(loss[~after]))
+                assert np.all(np.isfinite(run.params[i]))
