@@ -124,16 +124,7 @@ def prepare(
             # plain numbers: checked once per distinct call (a hot loop calls with the same)
             tx, numbers = _prepared(opt, tuple(sorted(hyperparameters.items())))
             return tx, dict(numbers)
-        hyperparameters = _checked(opt, hyperparameters)
-        schedules = {k: v for k, v in hyperparameters.items() if callable(v)}
-        # Every default is passed too, so the argument structure (hence the compiled program)
-        # does not depend on which hyperparameters a call happens to name.
-        numbers = {
-            k: float(v) if _is_concrete_scalar(v) else v
-            for k, v in {**_spec(opt).defaults, **hyperparameters}.items()
-            if k not in schedules
-        }
-        return _cached(opt, tuple(sorted(schedules.items(), key=lambda kv: kv[0]))), numbers
+        return _prepare_named(opt, hyperparameters)
     if not isinstance(opt, optax.GradientTransformation):
         raise TypeError(
             "optimizer must be a name or an optax.GradientTransformation, got "
@@ -234,11 +225,26 @@ def _check_range(k: str, v: float) -> None:
         raise ValueError(f"{k} must be in [0, 1), got {k}={v}")
 
 
+def _prepare_named(
+    name: str, hyperparameters: Mapping[str, Any]
+) -> tuple[optax.GradientTransformation, dict[str, Any]]:
+    hyperparameters = _checked(name, hyperparameters)
+    schedules = {k: v for k, v in hyperparameters.items() if callable(v)}
+    # Every default is passed too, so the argument structure (hence the compiled program)
+    # does not depend on which hyperparameters a call happens to name.
+    numbers = {
+        k: float(v) if _is_concrete_scalar(v) else v
+        for k, v in {**_spec(name).defaults, **hyperparameters}.items()
+        if k not in schedules
+    }
+    return _cached(name, tuple(sorted(schedules.items(), key=lambda kv: kv[0]))), numbers
+
+
 @functools.lru_cache(maxsize=1024)
 def _prepared(name: str, items: tuple) -> tuple[optax.GradientTransformation, tuple]:
-    hyperparameters = _checked(name, dict(items))
-    numbers = {k: float(v) for k, v in {**_spec(name).defaults, **hyperparameters}.items()}
-    return _cached(name, ()), tuple(numbers.items())
+    """:func:`_prepare_named` of plain numbers, cached (the numbers as a hashable tuple)."""
+    tx, numbers = _prepare_named(name, dict(items))
+    return tx, tuple(numbers.items())
 
 
 @functools.lru_cache(maxsize=256)

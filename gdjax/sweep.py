@@ -245,7 +245,7 @@ def sweep(
             loss_dtype = inputs.scalar_function("f", f, x0).dtype
         tx, fixed_values = optimizers.prepare(optimizer, hyperparameters)
         # checks the fixed hyperparameters against the state, abstractly (no eager work)
-        state = inputs.abstract(_init_state(tx, fixed_values), x0)
+        state = inputs.abstract(_init_state(tx), x0, fixed_values)
         fixed = {k: v for k, v in hyperparameters.items() if v is not None and not callable(v)}
         axes = _expand(
             grid, x0=x0, optimizer=optimizer, fixed=fixed, n=n if fit_style else None,
@@ -566,20 +566,10 @@ def _short(value: Any, limit: int = 80) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def _init_state(tx: optax.GradientTransformation, values: Mapping[str, Any]) -> Callable:
-    """``x0 -> init_state(tx, x0, values)``; equal for equal plain-number ``values`` (cacheable)."""
-    try:
-        key = tuple(sorted((k, float(v)) for k, v in values.items()))
-    except TypeError:
-        key = None
-    if key is None:
-        return functools.partial(optimizers.init_state, tx, numbers=values)
-    return _init_state_cached(tx, key)
-
-
 @functools.lru_cache(maxsize=256)
-def _init_state_cached(tx: optax.GradientTransformation, values: tuple) -> Callable:
-    return functools.partial(optimizers.init_state, tx, numbers=dict(values))
+def _init_state(tx: optax.GradientTransformation) -> Callable:
+    """``(x0, values) -> init_state(tx, x0, values)``, one object per ``tx`` (a cache key)."""
+    return functools.partial(optimizers.init_state, tx)
 
 
 # --- the compiled program -----------------------------------------------------------------------
