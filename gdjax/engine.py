@@ -329,18 +329,17 @@ def run(
                            best_loss=jnp.where(running, c.best_loss, c0.best_loss))
             stopping = running & (~jnp.isfinite(total) | met)
 
-            def replay(fast):
-                c, records = fast
-                replayed, replayed_records = exact(c0)
+            def replay(c):
+                replayed, _ = exact(c0)
                 # Only what differs per run is merged: the step count and the optimiser state
                 # stay the fast path's (uniform across a batch, so e.g. Adam's bias correction
                 # stays one scalar, not one per run; a stopped run's state is unused).
                 merged = _select(stopping, _Frozen.of(replayed), _Frozen.of(c))
-                return c._replace(**merged._asdict()), _select(
-                    stopping, replayed_records, records
-                )
+                return c._replace(**merged._asdict())
 
-            return lax.cond(batch_any(stopping), replay, lambda fast: fast, (c, records))
+            # The records stay the fast path's: up to a run's stop they are the replay's too,
+            # and after it the end of the run overwrites them with its final state.
+            return lax.cond(batch_any(stopping), replay, lambda c: c, c), records
 
         if axis_name is None:
             # One run: the checked steps cost little next to a branch per segment.
