@@ -34,7 +34,7 @@ import numpy as np
 import optax
 
 from benchmarks.harness import Row, best_time, block, first_call_time, torch_or_none
-from gdjax import functions
+from gdjax import engine, functions, optimizers
 from gdjax.descent import minimize
 from gdjax.sweep import sweep
 
@@ -64,6 +64,22 @@ def _hand(lrs):
         return x, f(x)
 
     return jax.vmap(one)(lrs)
+
+
+@jax.jit
+def _engine_only(lrs):
+    """gdjax's loop alone: ``jit(vmap(engine.run))`` as ``sweep`` runs it, without ``sweep``'s
+    grid handling and transfers, and without history (the start and the end only)."""
+    tx = optimizers.optimizer("adam")
+    x0 = jnp.asarray(X0)
+
+    def one(lr):
+        state = optimizers.set_hyperparameters(tx.init(x0), {"learning_rate": lr})
+        run = engine.run(engine.autodiff(functions.rosenbrock), tx, x0, steps=STEPS,
+                         opt_state=state, record_every=STEPS, axis_name="configs")
+        return run.params, run.loss, run.status
+
+    return jax.vmap(one, axis_name="configs")(lrs)
 
 
 def _torch_batched(torch, lrs: np.ndarray, steps: int):
@@ -161,6 +177,13 @@ def run(quick: bool) -> list[Row]:
         np.testing.assert_allclose(res.final_loss, loss_hand, rtol=1e-3, atol=1e-6)
         rows.append(Row("sweep", case, t_lean, "hand jit(vmap(scan)) optax.adam", t_hand,
                         "like for like: no history (record_every=steps); target 0.91x"))
+        jlrs = jnp.asarray(lrs)
+        alone = lambda jlrs=jlrs: block(_engine_only(jlrs))
+        first_call_time(alone)
+        t_alone = min(best_time(alone, repeat=repeat) for _ in range(3))
+        rows.append(Row("sweep", "  engine loop only (jit(vmap), no history)", t_alone,
+                        "hand jit(vmap(scan)) optax.adam", t_hand,
+                        "statuses, freeze, best loss on; no sweep bookkeeping"))
         rows.append(Row("sweep", case + ", 101-record history", t_gd,
                         "hand jit(vmap(scan)) optax.adam", t_hand,
                         f"the default history; gdjax first call {first:.2f} s (compile)"))
