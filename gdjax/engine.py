@@ -135,6 +135,29 @@ def all_finite(tree: PyTree) -> jax.Array:
     return jnp.all(jnp.stack(leaves)) if leaves else jnp.array(True)
 
 
+SMALL_LEAF = 16
+"""Leaves up to this size are squared and summed element by element in :func:`global_norm`."""
+
+
+def global_norm(tree: PyTree) -> jax.Array:
+    """The global L2 norm of a pytree, as ``optax.tree.norm`` but fast under ``vmap``.
+
+    Under ``vmap`` a per-run reduction over a few elements becomes a reduction over a tiny minor
+    axis, which XLA:CPU runs ~7x slower than the same sum written element by element (measured:
+    2000 steps of a 2-D gradient-norm check for 4096 runs, 40 ms against 10 ms; the steps
+    themselves take 5 ms). Small leaves are therefore summed element by element.
+    """
+    terms = []
+    for leaf in jax.tree.leaves(tree):
+        flat = jnp.ravel(leaf)
+        if flat.size <= SMALL_LEAF:
+            terms += [flat[i] * flat[i] for i in range(flat.size)]
+        else:
+            terms.append(jnp.sum(flat * flat))
+    total = sum(terms[1:], terms[0]) if terms else jnp.zeros(())
+    return jnp.sqrt(total)
+
+
 def _select(pred: jax.Array, on_true: PyTree, on_false: PyTree) -> PyTree:
     return jax.tree.map(lambda a, b: jnp.where(pred, a, b), on_true, on_false)
 
@@ -178,7 +201,7 @@ def _step(
 def _tolerance_met(loss, grad, previous_loss, gtol, ftol) -> jax.Array:
     met = jnp.array(False)
     if gtol is not None:
-        met = met | (optax.tree.norm(grad) <= gtol)
+        met = met | (global_norm(grad) <= gtol)
     if ftol is not None and previous_loss is not None:
         met = met | (jnp.abs(loss - previous_loss) <= ftol)
     return met
@@ -270,7 +293,7 @@ def run(
     def snapshot(c):
         return (
             c.loss,
-            optax.tree.norm(c.grad),
+            global_norm(c.grad),
             c.params if record_params else None,
             None if record_fn is None else record_fn(c.params),
         )
@@ -307,17 +330,25 @@ def run(
 
         return lax.scan(block, state, length=n_blocks)
 
-    def segment(c0, n_blocks, k):
-        """``n_blocks`` records of ``k`` steps each, skipped when every run has stopped."""
+    def segment(state, n_blocks, k):
+        """``n_blocks`` records of ``k`` steps each, and whether some run stopped in them.
+
+        ``state`` is ``(carry, stops)``: ``stops`` says whether some run of the batch stopped
+        in the previous segment. A batch in which runs keep stopping (a sweep converging to a
+        tolerance, say) would replay nearly every segment, so after a segment with a stop the
+        next one runs checked straight away, until one passes without a stop.
+        """
+        c0, stops = state
         running = c0.status == RUNNING
 
         def skip(c0):
             record = jax.tree.map(lambda r: jnp.broadcast_to(r, (n_blocks, *r.shape)),
                                   snapshot(c0))
-            return c0._replace(t=c0.t + n_blocks * k), record
+            return c0._replace(t=c0.t + n_blocks * k), record, jnp.array(False)
 
         def exact(c0):
-            return blocks(exact_step, c0, n_blocks, k)
+            c, records = blocks(exact_step, c0, n_blocks, k)
+            return c, records, batch_any(running & (c.status != RUNNING))
 
         def fast_then_replay(c0):
             zero = jnp.zeros((), dtype)
@@ -330,7 +361,7 @@ def run(
             stopping = running & (~jnp.isfinite(total) | met)
 
             def replay(c):
-                replayed, _ = exact(c0)
+                replayed, _, _ = exact(c0)
                 # Only what differs per run is merged: the step count and the optimiser state
                 # stay the fast path's (uniform across a batch, so e.g. Adam's bias correction
                 # stays one scalar, not one per run; a stopped run's state is unused).
@@ -339,32 +370,38 @@ def run(
 
             # The records stay the fast path's: up to a run's stop they are the replay's too,
             # and after it the end of the run overwrites them with its final state.
-            return lax.cond(batch_any(stopping), replay, lambda c: c, c), records
+            any_stopping = batch_any(stopping)
+            return lax.cond(any_stopping, replay, lambda c: c, c), records, any_stopping
 
         if axis_name is None:
             # One run: the checked steps cost little next to a branch per segment.
-            return exact(c0)
-        return lax.cond(batch_any(running), fast_then_replay, skip, c0)
+            c, records, _ = exact(c0)
+            return (c, stops), records
+        branch = jnp.where(batch_any(running), jnp.where(stops, 1, 2), 0)
+        c, records, stops = lax.switch(branch, (skip, exact, fast_then_replay), c0)
+        return (c, stops), records
 
     n_records, tail = divmod(steps, record_every)
     # One run is one segment; a batch checks in segments of about SEGMENT_STEPS steps.
     per_segment = max(1, n_records if axis_name is None else SEGMENT_STEPS // record_every)
     n_segments, rest = divmod(n_records, per_segment)
+    state = (carry, jnp.array(False))
     parts = []
     if n_segments == 1:
-        carry, records = segment(carry, per_segment, record_every)
+        state, records = segment(state, per_segment, record_every)
         parts.append(records)
     elif n_segments:
-        carry, records = lax.scan(
-            lambda c, _: segment(c, per_segment, record_every), carry, length=n_segments
+        state, records = lax.scan(
+            lambda s, _: segment(s, per_segment, record_every), state, length=n_segments
         )
         parts.append(jax.tree.map(lambda r: r.reshape(-1, *r.shape[2:]), records))
     if rest:
-        carry, records = segment(carry, rest, record_every)
+        state, records = segment(state, rest, record_every)
         parts.append(records)
     if tail:
-        carry, records = segment(carry, 1, tail)
+        state, records = segment(state, 1, tail)
         parts.append(records)
+    carry, _ = state
 
     status = jnp.where(carry.status == RUNNING, MAX_STEPS, carry.status).astype(jnp.int32)
     # Updates applied: all of them, or up to the stop (a diverged run's last update is rejected).
@@ -398,7 +435,7 @@ def run(
     return Run(
         params=carry.params,
         loss=loss,
-        grad_norm=optax.tree.norm(grad),
+        grad_norm=global_norm(grad),
         best_loss=carry.best_loss,
         status=status,
         steps=n_steps,

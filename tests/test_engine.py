@@ -69,3 +69,14 @@ def test_history_after_a_stop_holds_the_final_state():
                 after = steps >= int(run.diverged_at[i])
                 assert np.all(np.isnan(loss[after])) and np.all(np.isfinite(loss[~after]))
                 assert np.all(np.isfinite(run.params[i]))
+
+
+def test_global_norm_matches_optax_for_small_and_large_leaves_and_under_vmap():
+    rng = np.random.default_rng(0)
+    tree = {"w": jnp.asarray(rng.normal(size=(40, 3)), jnp.float32),
+            "b": jnp.asarray(rng.normal(size=(3,)), jnp.float32), "s": jnp.float32(-2.0)}
+    np.testing.assert_allclose(engine.global_norm(tree), optax.tree.norm(tree), rtol=1e-6)
+    batch = jax.tree.map(lambda a: jnp.stack([a, 2 * a, 0 * a]), tree)
+    norms = jax.vmap(engine.global_norm)(batch)
+    np.testing.assert_allclose(norms, [1, 2, 0] * optax.tree.norm(tree), rtol=1e-6)
+    assert float(engine.global_norm({"x": jnp.array([3.0, 4.0])})) == 5.0
