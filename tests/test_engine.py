@@ -78,5 +78,5 @@ def test_global_norm_matches_optax_for_small_and_large_leaves_and_under_vmap():
     np.testing.assert_allclose(engine.global_norm(tree), optax.tree.norm(tree), rtol=1e-6)
     batch = jax.tree.map(lambda a: jnp.stack([a, 2 * a, 0 * a]), tree)
     norms = jax.vmap(engine.global_norm)(batch)
-    np.testing.assert_allclose(norms, [1, 2, 0] * optax.tree.norm(tree), rtol=1e-6)
+    np.testing.assert_allclose(norms, np.array([1, 2, 0]) * float(optax.tree.norm(tree)), rtol=1e-6)
     assert float(engine.global_norm({"x": jnp.array([3.0, 4.0])})) == 5.0
