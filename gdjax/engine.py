@@ -172,8 +172,8 @@ def _step(
 ) -> _Carry:
     # Kept lean: on small problems every extra op in this body shows in the step time. Only the
     # loss is checked (a non-finite parameter or gradient makes it non-finite at once or one step
-    # later) and only the parameters are frozen: :func:`run` evaluates the loss and gradient at
-    # the frozen parameters once at the end, and a stopped run's optimiser state may move on.
+    # later). The parameters, loss and gradient are frozen at the stop, so the records taken
+    # after it already hold the final state; a stopped run's optimiser state may move on.
     running = c.status == RUNNING
     updates, opt_state = tx.update(c.grad, c.opt_state, c.params)
     params = optax.apply_updates(c.params, updates)
@@ -189,8 +189,8 @@ def _step(
     return _Carry(
         params=_select(commit, params, c.params),
         opt_state=opt_state,
-        loss=loss,
-        grad=grad,
+        loss=jnp.where(commit, loss, c.loss),
+        grad=_select(commit, grad, c.grad),
         best_loss=jnp.minimum(c.best_loss, jnp.where(commit, loss, jnp.inf)),
         status=status,
         stopped_at=jnp.where(running & (status != RUNNING), t, c.stopped_at),
@@ -290,7 +290,16 @@ def run(
             return flag
         return lax.psum(flag.astype(jnp.int32), axis_name) > 0
 
-    def snapshot(c):
+    def snapshot(c, settled=False):
+        if settled:
+            # A frozen carry (one run's checked steps): only a divergence needs marking.
+            diverged = c.status == DIVERGED
+            return (
+                jnp.where(diverged, jnp.nan, c.loss),
+                jnp.where(diverged, jnp.nan, global_norm(c.grad)),
+                c.params if record_params else None,
+                None if record_fn is None else record_fn(c.params),
+            )
         return (
             c.loss,
             global_norm(c.grad),
@@ -317,11 +326,11 @@ def run(
         # needless replay).
         return (c, total + loss, met), None
 
-    def blocks(step, state, n_blocks, k, carry_of=lambda state: state):
+    def blocks(step, state, n_blocks, k, carry_of=lambda state: state, settled=False):
         """``n_blocks * k`` steps, a snapshot before every ``k``-th."""
 
         def block(state, _):
-            record = snapshot(carry_of(state))
+            record = snapshot(carry_of(state), settled)
             if k == 1:
                 state, _ = step(state, None)
             else:
@@ -374,8 +383,9 @@ def run(
             return lax.cond(any_stopping, replay, lambda c: c, c), records, any_stopping
 
         if axis_name is None:
-            # One run: the checked steps cost little next to a branch per segment.
-            c, records, _ = exact(c0)
+            # One run: the checked steps cost little next to a branch per segment, and their
+            # frozen carry gives the records after a stop as they should read.
+            c, records = blocks(exact_step, c0, n_blocks, k, settled=True)
             return (c, stops), records
         branch = jnp.where(batch_any(running), jnp.where(stops, 1, 2), 0)
         c, records, stops = lax.switch(branch, (skip, exact, fast_then_replay), c0)
@@ -408,30 +418,36 @@ def run(
     diverged = status == DIVERGED
     n_steps = jnp.where(status == MAX_STEPS, steps, carry.stopped_at - diverged).astype(jnp.int32)
     n_steps = jnp.maximum(n_steps, 0)
-    # A diverged run's carry holds the non-finite values its last update produced: evaluate the
-    # frozen (last finite) parameters once more.
-    loss, grad = value_and_grad(carry.params, carry.t, aux)
-    final = carry._replace(loss=loss, grad=grad)
-    parts.append(jax.tree.map(lambda r: r[None], snapshot(final)))
-    records = jax.tree.map(lambda *rs: jnp.concatenate(rs), *parts)
-    # After the stop the records repeat the final state; a diverged run's loss and gradient
-    # norm read NaN from the step it diverged at.
     at = jnp.asarray(record_steps(steps, record_every))
-    after = (status != MAX_STEPS) & (at > carry.stopped_at - diverged)
-    nan_after = after & diverged
-    rec_loss, rec_norm, rec_params, rec_metrics = records
-    fin_loss, fin_norm, fin_params, fin_metrics = snapshot(final)
+    if axis_name is None:
+        # One run's carry is frozen at its stop and its records are settled already (settling
+        # them here instead made XLA:CPU's last fusion cost as much as a 1000-step 2-D run).
+        loss, grad = carry.loss, carry.grad
+        parts.append(jax.tree.map(lambda r: r[None], snapshot(carry, settled=True)))
+        history = History(at, *jax.tree.map(lambda *rs: jnp.concatenate(rs), *parts))
+    else:
+        # A batch's fast steps leave the values of the updates after a stop in the carry:
+        # evaluate the frozen parameters once more and settle the records after the stop.
+        loss, grad = value_and_grad(carry.params, carry.t, aux)
+        final = snapshot(carry._replace(loss=loss, grad=grad))
+        parts.append(jax.tree.map(lambda r: r[None], final))
+        records = jax.tree.map(lambda *rs: jnp.concatenate(rs), *parts)
+        # After the stop the records repeat the final state; a diverged run's loss and
+        # gradient norm read NaN from the step it diverged at. NaN is chosen once per run: a
+        # record-wise ``where(after & diverged, nan, ...)`` cost ~50 us more in XLA:CPU.
+        after = (status != MAX_STEPS) & (at > carry.stopped_at - diverged)
 
-    def hold(r, f):
-        return jnp.where(after.reshape(-1, *([1] * f.ndim)), f, r)
+        def hold(r, f):
+            return jnp.where(after.reshape(-1, *([1] * f.ndim)), f, r)
 
-    history = History(
-        at,
-        jnp.where(nan_after, jnp.nan, hold(rec_loss, fin_loss)),
-        jnp.where(nan_after, jnp.nan, hold(rec_norm, fin_norm)),
-        None if rec_params is None else jax.tree.map(hold, rec_params, fin_params),
-        None if rec_metrics is None else jax.tree.map(hold, rec_metrics, fin_metrics),
-    )
+        nan_if_diverged = lambda f: jnp.where(diverged, jnp.nan, f)  # noqa: E731
+        history = History(
+            at,
+            hold(records[0], nan_if_diverged(final[0])),
+            hold(records[1], nan_if_diverged(final[1])),
+            *(None if r is None else jax.tree.map(hold, r, f)
+              for r, f in zip(records[2:], final[2:], strict=True)),
+        )
     return Run(
         params=carry.params,
         loss=loss,
