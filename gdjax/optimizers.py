@@ -230,11 +230,13 @@ def _prepare_named(
 ) -> tuple[optax.GradientTransformation, dict[str, Any]]:
     hyperparameters = _checked(name, hyperparameters)
     schedules = {k: v for k, v in hyperparameters.items() if callable(v)}
-    # Every default is passed too, so the argument structure (hence the compiled program)
-    # does not depend on which hyperparameters a call happens to name.
+    # Only the hyperparameters a call names travel as values; the defaults stay constants of
+    # the transformation's state, which XLA folds: Adam's bias correction with traced betas is
+    # a pow per step, 66 us of a 120 us 1000-step 2-D run. A call naming another set of
+    # hyperparameters compiles once more; new values of the same set never do.
     numbers = {
         k: float(v) if _is_concrete_scalar(v) else v
-        for k, v in {**_spec(name).defaults, **hyperparameters}.items()
+        for k, v in hyperparameters.items()
         if k not in schedules
     }
     return _cached(name, tuple(sorted(schedules.items(), key=lambda kv: kv[0]))), numbers
