@@ -26,6 +26,7 @@ after a run stopped repeat its final state.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -461,9 +462,15 @@ def run(
     )
 
 
+@functools.lru_cache(maxsize=256)
 def record_steps(steps: int, record_every: int) -> np.ndarray:
-    """The steps at which :func:`run` records: ``0, k, 2k, ...`` below ``steps``, then ``steps``."""
-    return np.append(np.arange(0, steps, record_every), steps).astype(np.int32)
+    """The steps at which :func:`run` records: ``0, k, 2k, ...`` below ``steps``, then ``steps``.
+
+    Cached (every result record carries it) and therefore read-only.
+    """
+    at = np.append(np.arange(0, steps, record_every), steps).astype(np.int32)
+    at.flags.writeable = False
+    return at
 
 
 def status_names(codes: Any) -> np.ndarray:
