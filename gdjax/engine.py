@@ -237,8 +237,8 @@ def run(
     batch (``vmap`` with ``axis_name``) runs in segments of about :data:`SEGMENT_STEPS` steps
     instead, because per-run bookkeeping at every step costs as much as a small problem's
     arithmetic. A segment first runs as plain updates, as a hand-written loop would, keeping only
-    a running sum and minimum of each run's loss (and whether a tolerance was met). Only when that
-    shows a run stopping inside the segment (a non-finite sum, a tolerance met) is the segment run
+    a running minimum of each run's loss, which turns NaN for good once a loss is non-finite or
+    a tolerance is met. Only when that shows a run stopping inside the segment is the segment run
     again from its start with the per-step checks, and the stopping runs take that replay; a
     segment in which every run had already stopped is skipped. The decisions are taken once for
     the whole batch (``lax.psum`` over ``axis_name``), so the branches stay branches. Both ways
@@ -311,27 +311,28 @@ def run(
     def exact_step(c, _):
         return _step(c, value_and_grad, tx, aux, gtol, ftol), None
 
-    def fast_step(state, _):
-        c, total, met = state
+    def fast_step(c, _):
         updates, opt_state = tx.update(c.grad, c.opt_state, c.params)
         params = optax.apply_updates(c.params, updates)
         t = c.t + 1
         loss, grad = value_and_grad(params, t, aux)
+        # The best loss doubles as the stop flag, so the fast loop carries nothing the plain
+        # loop does not (a separate running sum cost 13% of a 4096-run 2-D sweep): a
+        # non-finite loss, or a met tolerance, turns it NaN for good (``minimum`` propagates
+        # NaN), and a replay recomputes it for the runs that stopped.
+        keep = loss < jnp.inf  # False for NaN and +inf; -inf passes and shows as non-finite
         if gtol is not None or ftol is not None:
-            met = met | _tolerance_met(loss, grad, c.loss, gtol, ftol)
-        c = c._replace(
-            params=params, opt_state=opt_state, loss=loss, grad=grad,
-            best_loss=jnp.minimum(c.best_loss, loss), t=t,
-        )
-        # Any non-finite loss leaves the sum non-finite (an overflow of the sum only costs a
-        # needless replay).
-        return (c, total + loss, met), None
+            keep = keep & ~_tolerance_met(loss, grad, c.loss, gtol, ftol)
+        best_loss = jnp.minimum(c.best_loss, jnp.where(keep, loss, jnp.nan))
+        return c._replace(
+            params=params, opt_state=opt_state, loss=loss, grad=grad, best_loss=best_loss, t=t
+        ), None
 
-    def blocks(step, state, n_blocks, k, carry_of=lambda state: state, settled=False):
+    def blocks(step, state, n_blocks, k, settled=False):
         """``n_blocks * k`` steps, a snapshot before every ``k``-th."""
 
         def block(state, _):
-            record = snapshot(carry_of(state), settled)
+            record = snapshot(state, settled)
             if k == 1:
                 state, _ = step(state, None)
             else:
@@ -361,14 +362,11 @@ def run(
             return c, records, batch_any(running & (c.status != RUNNING))
 
         def fast_then_replay(c0):
-            zero = jnp.zeros((), dtype)
-            (c, total, met), records = blocks(
-                fast_step, (c0, zero, jnp.array(False)), n_blocks, k, lambda state: state[0]
-            )
+            c, records = blocks(fast_step, c0, n_blocks, k)
+            stopping = running & ~jnp.isfinite(c.best_loss)
             # A run stopped before the segment keeps its parameters (its state may move on).
             c = c._replace(params=_select(running, c.params, c0.params),
                            best_loss=jnp.where(running, c.best_loss, c0.best_loss))
-            stopping = running & (~jnp.isfinite(total) | met)
 
             def replay(c):
                 replayed, _, _ = exact(c0)

@@ -46,6 +46,38 @@ def test_batch_with_segments_equals_single_runs():
     np.testing.assert_array_equal(np.asarray(batch.status) == engine.DIVERGED, LRS > 2 / A)
 
 
+def _band(x):
+    """A loss that is +inf (or -inf) for one step's worth of x and finite again after it.
+
+    The gradient stays finite, so plain SGD walks through the band: only a check of every
+    step's loss sees the non-finite value (the end of a segment looks healthy).
+    """
+    base = 0.5 * jnp.sum(x**2)
+    inf = jnp.where(x[0] > 0, jnp.inf, -jnp.inf)
+    return jnp.where((jnp.abs(x[0]) > 0.5) & (jnp.abs(x[0]) < 0.52), inf, base)
+
+
+def test_a_loss_non_finite_for_one_step_inside_a_segment_stops_the_run_as_alone():
+    tx = optax.inject_hyperparams(optax.sgd)(learning_rate=0.01)
+    starts = jnp.array([[0.9, 0.0], [-0.9, 0.0], [0.3, 1.0], [0.6, 0.0]], jnp.float32)
+
+    def one(x0, axis_name=None):
+        return engine.run(engine.autodiff(_band), tx, x0, steps=200, record_every=200,
+                          axis_name=axis_name)
+
+    batch = jax.jit(jax.vmap(lambda x: one(x, "c"), axis_name="c"))(starts)
+    names = engine.status_names(batch.status)
+    # +inf and -inf alike: diverged, at the step of the band; the others run on
+    assert list(names) == ["diverged", "diverged", "max_steps", "diverged"]
+    for i in range(len(starts)):
+        alone = jax.jit(one)(starts[i])
+        assert int(batch.status[i]) == int(alone.status)
+        assert int(batch.diverged_at[i]) == int(alone.diverged_at)
+        assert 0 < int(alone.diverged_at) < engine.SEGMENT_STEPS or i == 2
+        np.testing.assert_allclose(batch.params[i], alone.params, rtol=1e-6)
+        np.testing.assert_allclose(batch.best_loss[i], alone.best_loss, rtol=1e-6)
+
+
 def test_segment_where_every_run_stopped_is_skipped_but_steps_and_records_stay_right():
     # all converge within the first segment; the remaining segments are skipped
     lrs = jnp.array([0.2, 0.25, 0.3], jnp.float32)
