@@ -700,6 +700,9 @@ def _put(tree: PyTree, sharding: NamedSharding) -> PyTree:
     """Host arrays -> global arrays; each process fills only the shards it holds."""
 
     if jax.process_count() == 1:
+        if sharding.num_devices == 1:
+            # jit's own dispatch moves host arrays to its one device for less than device_put
+            return tree
         return jax.device_put(tree, sharding)  # one call for the whole tree
 
     def put(a):
