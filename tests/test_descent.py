@@ -226,6 +226,18 @@ def test_new_hyperparameter_values_do_not_recompile():
     assert descent._run._cache_size() == before + 1
 
 
+@pytest.mark.parametrize("name", ["adam", "rmsprop", "nesterov"])
+def test_named_defaults_give_the_run_of_the_unnamed_defaults(name):
+    # unnamed defaults are constants of the program, named ones travel as values: same run
+    f = functions.rosenbrock
+    defaults = optimizers.hyperparameters(name)
+    a = minimize(f, jnp.array([-1.2, 1.0]), name, learning_rate=1e-3, steps=300)
+    b = minimize(f, jnp.array([-1.2, 1.0]), name, **{**defaults, "learning_rate": 1e-3},
+                 steps=300)
+    np.testing.assert_allclose(a.params, b.params, rtol=1e-5)
+    np.testing.assert_allclose(a.history.loss, b.history.loss, rtol=1e-5)
+
+
 def test_new_hyperparameter_values_take_effect():
     f = lambda x: 0.5 * jnp.sum(x**2)
     a = minimize(f, jnp.ones(1), "sgd", learning_rate=0.1, steps=3)
