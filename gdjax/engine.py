@@ -373,7 +373,12 @@ def run(
                            best_loss=jnp.where(running, c.best_loss, c0.best_loss))
 
             def replay(c):
-                replayed, _, _ = exact(c0)
+                # Checked steps from the segment's start until the last stopping run has
+                # stopped (the rest of the segment would change none of what is merged).
+                def unfinished(r):
+                    return (r.t < c.t) & batch_any(stopping & (r.status == RUNNING))
+
+                replayed = lax.while_loop(unfinished, lambda r: exact_step(r, None)[0], c0)
                 # Only what differs per run is merged: the step count and the optimiser state
                 # stay the fast path's (uniform across a batch, so e.g. Adam's bias correction
                 # stays one scalar, not one per run; a stopped run's state is unused).
