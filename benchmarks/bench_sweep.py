@@ -151,6 +151,51 @@ def _hand_basin(starts, steps):
     return jax.vmap(one)(starts)
 
 
+@jax.jit
+def _hand_himmelblau(lrs):
+    """Hand-written SGD sweep on Himmelblau from the origin: final params and loss, nothing else
+    (a diverged config ends as NaN)."""
+    f = functions.himmelblau
+
+    def one(lr):
+        x, _ = jax.lax.scan(lambda x, _: (x - lr * jax.grad(f)(x), None), jnp.zeros(2),
+                            length=DIVERGING_STEPS)
+        return x, f(x)
+
+    return jax.vmap(one)(lrs)
+
+
+DIVERGING_STEPS = 2000
+
+
+def _diverging_row(repeat: int) -> Row:
+    """A sweep across the stability edge: a third of the configs diverge, at spread-out steps,
+    so the engine's segments must replay with per-step checks to find each one's step."""
+    f = functions.himmelblau
+    lrs = np.geomspace(1e-3, 3e-1, 4096).astype(np.float32)
+    gd = lambda: block(sweep(f, np.zeros(2, np.float32), "sgd", grid={"learning_rate": lrs},
+                             steps=DIVERGING_STEPS, record_every=DIVERGING_STEPS,
+                             progress=False).params)
+    jl = jnp.asarray(lrs)
+    hand = lambda: block(_hand_himmelblau(jl))
+    first_call_time(gd)
+    first_call_time(hand)
+    t_gd = t_hand = float("inf")
+    for _ in range(3):
+        t_gd = min(t_gd, best_time(gd, repeat=repeat))
+        t_hand = min(t_hand, best_time(hand, repeat=repeat))
+    res = sweep(f, np.zeros(2, np.float32), "sgd", grid={"learning_rate": lrs},
+                steps=DIVERGING_STEPS, record_every=DIVERGING_STEPS, progress=False)
+    counts = res.counts()
+    steps = res.diverged_at[res.status == "diverged"]
+    return Row(
+        "sweep", f"himmelblau sgd {DIVERGING_STEPS} steps, 4096 lrs across the edge", t_gd,
+        "hand jit(vmap(scan)) sgd", t_hand,
+        f"no history; {counts['diverged']} diverge at steps {steps.min()}-{steps.max()} (each "
+        "found and frozen; the hand loop ends them as NaN)",
+    )
+
+
 def _basin_row() -> Row:
     """The 1,048,576-start basin sweep in a fresh process (its own peak memory)."""
     from benchmarks.basin_sweep import STEPS, N, starts
@@ -250,6 +295,7 @@ def run(quick: bool) -> list[Row]:
             rows.append(Row("sweep", case, t_lean, "torch.optim.Adam param_groups", t_groups,
                             f"timed on {groups} groups x {group_steps} steps, extrapolated; "
                             "gdjax without history"))
+    rows.append(_diverging_row(3 if quick else 5))
     if not quick:
         rows.append(_basin_row())
     return rows
