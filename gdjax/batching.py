@@ -6,10 +6,11 @@ The seed's three variants differ only in how many samples feed each gradient:
 * ``1 < batch_size < N``: mini-batch GD, the mean loss over ``batch_size`` samples;
 * ``batch_size=None`` (or ``N``): batch GD, the mean over the whole data set.
 
-Each epoch visits the samples in a fresh random order drawn from ``seed`` (fold the epoch number
-into the key). The data set stays on the device and every epoch runs inside one compiled program:
-the batch indices of all steps are computed up front (``epochs x N`` int32, the size of one index
-per sample visited) and the engine's scanned loop gathers each step's batch from them.
+Each epoch visits the samples in a fresh random order drawn from ``seed`` (the ``e``-th
+permutation of ``np.random.default_rng(seed)``, see :func:`epoch_orders`). The data set stays on
+the device and every epoch runs inside one compiled program: the batch indices of all steps are
+drawn up front on the host (``epochs x N`` int32, the size of one index per sample visited) and
+the engine's scanned loop gathers each step's batch from them.
 
 **Remainder batch.** With ``N % batch_size = r > 0`` the last ``r`` samples of each epoch's
 permutation are left out of that epoch (``drop_last`` in PyTorch's terms), so every step sees a
@@ -26,6 +27,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from gdjax import engine, inputs, optimizers
@@ -52,15 +54,26 @@ def sample_count(data: PyTree) -> int:
     return int(n)
 
 
-def batch_schedule(key: jax.Array, n: int, batch_size: int, epochs: int) -> jax.Array:
+def epoch_orders(seed: int, n: int, epochs: int) -> np.ndarray:
+    """The sample order of every epoch: int32 ``(epochs, n)``, each row a permutation of ``n``.
+
+    Epoch ``e`` takes the ``e``-th permutation drawn from ``np.random.default_rng(seed)`` (a
+    negative seed is read as its 64-bit two's complement). Drawn on the host, as PyTorch's
+    ``DataLoader`` does: ``jax.random.permutation`` sorts, and XLA:CPU's sort took 4 ms for five
+    epochs of 1797 samples, a third of a whole ``fit`` on the digits; NumPy takes ~0.1 ms.
+    """
+    rng = np.random.default_rng(int(seed) & (2**64 - 1))
+    return np.stack([rng.permutation(n) for _ in range(epochs)]).astype(np.int32)
+
+
+def batch_schedule(seed: int, n: int, batch_size: int, epochs: int) -> np.ndarray:
     """Indices of every step's batch: int32 ``(epochs * (n // batch_size), batch_size)``.
 
-    Epoch ``e`` visits ``jax.random.permutation(fold_in(key, e), n)``, its remainder left out.
-    Traceable in ``key`` (a sweep over seeds vmaps it).
+    Epoch ``e`` visits :func:`epoch_orders` ``(seed, n, epochs)[e]``, its last
+    ``n % batch_size`` samples left out.
     """
     per_epoch = n // batch_size
-    epoch_keys = jax.vmap(lambda e: jax.random.fold_in(key, e))(jnp.arange(epochs))
-    orders = jax.vmap(lambda k: jax.random.permutation(k, n))(epoch_keys)
+    orders = epoch_orders(seed, n, epochs)
     return orders[:, : per_epoch * batch_size].reshape(epochs * per_epoch, batch_size)
 
 
@@ -160,7 +173,7 @@ def fit(
         tx, numbers = optimizers.prepare(optimizer, hyperparameters)
         indices = None
         if batch_size < n:
-            indices = batch_schedule(jax.random.key(seed), n, batch_size, epochs)
+            indices = batch_schedule(seed, n, batch_size, epochs)
         names, values = optimizers.as_vector(numbers)
         packed = _fit(
             params, values, data, indices, tol, loss_fn, tx, names, eval_fn, steps, record_every

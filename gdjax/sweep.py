@@ -556,12 +556,11 @@ def _batch_size(b: Any, n: int | None) -> int:
 def _orders(seeds: np.ndarray, n: int, epochs: int) -> np.ndarray:
     """Each seed's sample order per epoch, ``(len(seeds), epochs, n)``, as ``fit`` draws them.
 
-    ``batch_schedule`` with a full batch is exactly the per-epoch permutations; a batch size
-    ``b`` keeps the first ``(n // b) * b`` of each, in rows of ``b``. Drawn once here (eagerly,
-    like ``fit``) rather than inside every compiled program: one table serves all batch sizes.
+    ``batching.epoch_orders`` per seed; a batch size ``b`` keeps the first ``(n // b) * b`` of
+    each, in rows of ``b`` (as ``batch_schedule`` does). Drawn once here on the host, like
+    ``fit``, rather than inside every compiled program: one table serves all batch sizes.
     """
-    draw = jax.vmap(lambda s: batching.batch_schedule(jax.random.key(s), n, n, epochs))
-    return np.asarray(draw(jnp.asarray(seeds, jnp.int32)))
+    return np.stack([batching.epoch_orders(int(s), n, epochs) for s in seeds])
 
 
 def _short(value: Any, limit: int = 80) -> str:
