@@ -45,6 +45,9 @@ def float_params(name: str, tree: PyTree) -> PyTree:
     Python floats and lists become arrays of JAX's default float dtype; float64 NumPy input stays
     float64 when called inside :func:`precision`.
     """
+    if (isinstance(tree, jax.Array) and jnp.issubdtype(tree.dtype, jnp.floating)
+            and tree.size > 0):
+        return tree  # the common case, checked in a microsecond
     leaves = jax.tree.leaves(tree)
     if not leaves:
         raise ValueError(f"{name} must contain at least one array, got {name}={tree!r}")
@@ -90,7 +93,10 @@ def abstract(f: Callable, *args: Any) -> Any:
     unhashable ``f`` is traced every time.
     """
     leaves, treedef = jax.tree.flatten(args)
-    signature = (treedef, tuple((jnp.shape(x), jnp.result_type(x)) for x in leaves))
+    signature = (treedef, tuple(
+        (x.shape, x.dtype) if isinstance(x, jax.Array) else (jnp.shape(x), jnp.result_type(x))
+        for x in leaves
+    ))
     try:
         return _abstract(f, signature)
     except TypeError:
