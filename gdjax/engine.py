@@ -243,8 +243,9 @@ def run(
     arithmetic. A segment first runs as plain updates, as a hand-written loop would, keeping only
     a running minimum of each run's loss, which turns NaN for good once a loss is non-finite or
     a tolerance is met. Only when that shows a run stopping inside the segment is the segment run
-    again from its start with the per-step checks, and the stopping runs take that replay; a
-    segment in which every run had already stopped is skipped. The decisions are taken once for
+    again from its start with the per-step checks, until the last stopping run has stopped, and
+    the stopping runs take that replay; a segment in which every run had already stopped is
+    skipped. The decisions are taken once for
     the whole batch (``lax.psum`` over ``axis_name``), so the branches stay branches. Both ways
     give the same statuses, steps and frozen parameters.
 
