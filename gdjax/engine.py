@@ -436,8 +436,11 @@ def run(
         history = History(at, *jax.tree.map(lambda *rs: jnp.concatenate(rs), *parts))
     else:
         # A batch's fast steps leave the values of the updates after a stop in the carry:
-        # evaluate the frozen parameters once more and settle the records after the stop.
-        loss, grad = value_and_grad(carry.params, carry.t, aux)
+        # evaluate the frozen parameters once more, at the step they were frozen at (the
+        # mini-batch of a ``fit`` depends on it; one run's frozen carry holds that step's
+        # values), and settle the records after the stop.
+        t_final = jnp.where(status == MAX_STEPS, carry.t, carry.stopped_at - diverged)
+        loss, grad = value_and_grad(carry.params, jnp.maximum(t_final, 0), aux)
         final = snapshot(carry._replace(loss=loss, grad=grad))
         parts.append(jax.tree.map(lambda r: r[None], final))
         records = jax.tree.map(lambda *rs: jnp.concatenate(rs), *parts)

@@ -136,6 +136,27 @@ def test_fit_style_equals_fit(regression):
         assert res.steps[i] == alone.steps == 3 * (48 // c["batch_size"])
 
 
+def test_fit_style_stops_equal_fit_alone(regression):
+    # Mini-batch runs that converge (at different steps) or diverge: the stopped state's
+    # gradient norm and the records after the stop must read as in fit alone, whose carry is
+    # frozen at the stop (the batch path settles them at the end instead).
+    data, p0 = regression
+    lrs = [0.02, 0.05, 0.1, 3.0]
+    res = sweep(linear_loss, p0, "sgd", data=data, epochs=40, tol=0.5, progress=False,
+                grid={"learning_rate": lrs, "batch_size": [8, 16]}, record_every=3)
+    assert {"converged", "diverged"} <= set(res.status.tolist())
+    for i in range(len(res)):
+        c = res.config(i)
+        alone = fit(linear_loss, p0, data, optimizer="sgd", epochs=40, tol=0.5,
+                    record_every=3, **c)
+        assert res.status[i] == alone.status and res.steps[i] == alone.steps, c
+        np.testing.assert_allclose(res.grad_norm[i], alone.grad_norm, rtol=RTOL)
+        r = len(alone.history.step)  # the batch-8 group records more; the rest is padding
+        np.testing.assert_allclose(res.history.loss[i, :r], alone.history.loss, rtol=RTOL)
+        np.testing.assert_allclose(res.history.grad_norm[i, :r], alone.history.grad_norm,
+                                   rtol=RTOL)
+
+
 def test_fit_style_seed_orders_batches(regression):
     data, p0 = regression
     res = sweep(linear_loss, p0, "sgd", data=data, batch_size=8, epochs=2,
