@@ -546,10 +546,10 @@ def run_sweep(args: argparse.Namespace) -> int:
             for s in range(args.seeds)
         ]).reshape(-1, *x0.shape).astype(x0.dtype)
         zipped = [("seed", "x0")]
-    count = len(args.lr) * args.starts * args.seeds
-    with report.task(f"sweeping {count} configs x {args.steps} steps"):
-        res = sweep(f, x0, args.optimizer, grid=grid, zip_axes=zipped, steps=args.steps,
-                    tol=args.tol, progress=False, **hyper)
+    # the sweep's own bar: chunks done, elapsed and remaining time, on stderr when it is a terminal
+    show = not args.json and report.err.is_terminal
+    res = sweep(f, x0, args.optimizer, grid=grid, zip_axes=zipped, steps=args.steps,
+                tol=args.tol, progress=show, **hyper)
     report.table(res.table(top=args.top))
     summary = _sweep_summary(res)
     report.line(_best_line(summary))

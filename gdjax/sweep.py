@@ -894,10 +894,21 @@ class _progress_bar:
         self.bar = None
         if show:
             from rich.console import Console
-            from rich.progress import Progress
+            from rich.progress import (
+                BarColumn,
+                Progress,
+                SpinnerColumn,
+                TextColumn,
+                TimeElapsedColumn,
+                TimeRemainingColumn,
+            )
 
-            self.bar = Progress(console=Console(stderr=True))
-            self.task = self.bar.add_task("sweep chunks", total=total)
+            self.bar = Progress(
+                SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
+                TextColumn("{task.completed}/{task.total} chunks"), TimeElapsedColumn(),
+                TimeRemainingColumn(), console=Console(stderr=True),
+            )
+            self.task = self.bar.add_task("sweep", total=total)
 
     def __enter__(self) -> Callable[[], None]:
         if self.bar is None:

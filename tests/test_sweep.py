@@ -346,7 +346,7 @@ def test_memory_budget_sets_chunks_and_progress_shows(capsys, monkeypatch):
                 memory_budget=2_000, progress=True)  # a few hundred bytes per config
     assert chunks == [16, 16, 16]  # the budget allows fewer than 16: the smallest chunk is used
     shown = capsys.readouterr()
-    assert "sweep chunks" in shown.err and shown.out == ""  # on stderr: stdout stays clean
+    assert "3/3 chunks" in shown.err and shown.out == ""  # on stderr: stdout stays clean
     whole = sweep(bowl, np.float32([1.0]), "sgd", grid={"learning_rate": lrs}, steps=20)
     assert chunks[3:] == [40] and capsys.readouterr().err == ""  # one chunk: no progress bar
     np.testing.assert_array_equal(res.params, whole.params)
