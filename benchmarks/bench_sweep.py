@@ -47,6 +47,17 @@ def _learning_rates(n: int) -> np.ndarray:
     return np.geomspace(1e-4, 1e-1, n).astype(np.float32)
 
 
+def _adam_step(f, tx):
+    """One step of the hand-written loop: optax's Adam on ``jax.grad(f)``; no loss, no checks."""
+
+    def step(carry, _):
+        x, state = carry
+        u, state = tx.update(jax.grad(f)(x), state, x)
+        return (optax.apply_updates(x, u), state), None
+
+    return step
+
+
 @jax.jit
 def _hand(lrs):
     """The hand-written sweep: ``jit(vmap(scan))`` of optax's Adam; final params and loss."""
@@ -55,13 +66,7 @@ def _hand(lrs):
 
     def one(lr):
         tx = optax.adam(lr)
-
-        def step(carry, _):
-            x, state = carry
-            u, state = tx.update(jax.grad(f)(x), state, x)
-            return (optax.apply_updates(x, u), state), None
-
-        (x, _), _ = jax.lax.scan(step, (x0, tx.init(x0)), length=STEPS)
+        (x, _), _ = jax.lax.scan(_adam_step(f, tx), (x0, tx.init(x0)), length=STEPS)
         return x, f(x)
 
     return jax.vmap(one)(lrs)
@@ -78,14 +83,9 @@ def _hand_history(lrs):
     def one(lr):
         tx = optax.adam(lr)
 
-        def step(carry, _):
-            x, state = carry
-            u, state = tx.update(jax.grad(f)(x), state, x)
-            return (optax.apply_updates(x, u), state), None
-
         def block(carry, _):
             loss, g = jax.value_and_grad(f)(carry[0])
-            carry, _ = jax.lax.scan(step, carry, length=every)
+            carry, _ = jax.lax.scan(_adam_step(f, tx), carry, length=every)
             return carry, (loss, optax.tree.norm(g))
 
         (x, _), history = jax.lax.scan(block, (x0, tx.init(x0)), length=STEPS // every)

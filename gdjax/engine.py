@@ -297,18 +297,14 @@ def run(
         return lax.psum(flag.astype(jnp.int32), axis_name) > 0
 
     def snapshot(c, settled=False):
+        loss, norm = c.loss, global_norm(c.grad)
         if settled:
             # A frozen carry (one run's checked steps): only a divergence needs marking.
             diverged = c.status == DIVERGED
-            return (
-                jnp.where(diverged, jnp.nan, c.loss),
-                jnp.where(diverged, jnp.nan, global_norm(c.grad)),
-                c.params if record_params else None,
-                None if record_fn is None else record_fn(c.params),
-            )
+            loss, norm = (jnp.where(diverged, jnp.nan, v) for v in (loss, norm))
         return (
-            c.loss,
-            global_norm(c.grad),
+            loss,
+            norm,
             c.params if record_params else None,
             None if record_fn is None else record_fn(c.params),
         )
