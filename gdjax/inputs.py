@@ -23,6 +23,8 @@ PyTree = Any
 
 def positive_int(name: str, value: Any) -> int:
     """``value`` as an int, or ``ValueError`` unless it is a positive integer."""
+    if type(value) is int and value >= 1:
+        return value  # the common case, without the ABC check below
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
         raise ValueError(f"{name} must be a positive integer, got {name}={value!r}")
     return int(value)
@@ -45,8 +47,7 @@ def float_params(name: str, tree: PyTree) -> PyTree:
     Python floats and lists become arrays of JAX's default float dtype; float64 NumPy input stays
     float64 when called inside :func:`precision`.
     """
-    if (isinstance(tree, jax.Array) and jnp.issubdtype(tree.dtype, jnp.floating)
-            and tree.size > 0):
+    if isinstance(tree, jax.Array) and _floating(tree.dtype) and tree.size > 0:
         return tree  # the common case, checked in a microsecond
     leaves = jax.tree.leaves(tree)
     if not leaves:
@@ -65,6 +66,11 @@ def float_params(name: str, tree: PyTree) -> PyTree:
             where = jax.tree_util.keystr(path) or "(the array itself)"
             raise ValueError(f"{name} must not hold empty arrays; leaf {where} has size 0")
     return jax.tree.map(lambda x: x if isinstance(x, jax.Array) else jnp.asarray(x), tree)
+
+
+@functools.lru_cache(maxsize=64)
+def _floating(dtype: np.dtype) -> bool:
+    return bool(jnp.issubdtype(dtype, jnp.floating))
 
 
 def scalar_function(name: str, f: Callable, *args: Any) -> jax.ShapeDtypeStruct:
@@ -92,6 +98,13 @@ def abstract(f: Callable, *args: Any) -> Any:
     Tracing costs milliseconds; repeated calls with new values of the same shapes reuse it. An
     unhashable ``f`` is traced every time.
     """
+    if len(args) == 1 and isinstance(args[0], jax.Array):  # the common case, quickly
+        x = args[0]
+        signature = (_ONE_ARRAY, ((x.shape, x.dtype),))
+        try:
+            return _abstract(f, signature)
+        except TypeError:
+            return jax.eval_shape(f, *args)
     leaves, treedef = jax.tree.flatten(args)
     signature = (treedef, tuple(
         (x.shape, x.dtype) if isinstance(x, jax.Array) else (jnp.shape(x), jnp.result_type(x))
@@ -103,11 +116,17 @@ def abstract(f: Callable, *args: Any) -> Any:
         return jax.eval_shape(f, *args)
 
 
+_ONE_ARRAY = jax.tree.structure((0,))
+
+
 @functools.lru_cache(maxsize=512)
 def _abstract(f: Callable, signature: tuple) -> Any:
     treedef, avals = signature
     args = jax.tree.unflatten(treedef, [jax.ShapeDtypeStruct(s, d) for s, d in avals])
     return jax.eval_shape(f, *args)
+
+
+_WIDE = (np.float64, np.complex128)
 
 
 def precision(*trees: PyTree) -> contextlib.AbstractContextManager:
@@ -116,11 +135,14 @@ def precision(*trees: PyTree) -> contextlib.AbstractContextManager:
     gdjax never flips ``jax_enable_x64`` globally; a float64 input is honoured by entering
     ``jax.enable_x64(True)`` for the duration of the call.
     """
-    wide = any(
-        getattr(leaf, "dtype", None) in (np.float64, np.complex128)
-        for tree in trees
-        for leaf in jax.tree.leaves(tree)
-    )
+    if len(trees) == 1 and isinstance(trees[0], jax.Array):  # the common case, quickly
+        wide = trees[0].dtype in _WIDE
+    else:
+        wide = any(
+            getattr(leaf, "dtype", None) in _WIDE
+            for tree in trees
+            for leaf in jax.tree.leaves(tree)
+        )
     if wide and not jax.config.jax_enable_x64:
         return jax.enable_x64(True)
     return contextlib.nullcontext()

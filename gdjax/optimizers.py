@@ -134,13 +134,24 @@ def prepare(
 
 
 def as_vector(numbers: Mapping[str, Any]) -> tuple[tuple[str, ...], Any]:
-    """``(names, values)``: concrete hyperparameters as one float64 NumPy vector.
+    """``(names, values)``: concrete hyperparameters as one vector.
 
     One jit argument instead of one per hyperparameter: each argument costs dispatch time.
+    Plain floats give a device array cached per value (a host array is copied to the device
+    at every call, ~7 us: a tenth of a 1000-step 2-D run); other values a float64 NumPy vector.
     ``init_state`` casts each value to the dtype of its slot in the optimiser state.
     """
     names = tuple(sorted(numbers))
-    return names, np.array([numbers[k] for k in names], dtype=np.float64)
+    values = tuple(numbers[k] for k in names)
+    if all(type(v) is float for v in values):
+        return names, _on_device(values, jax.config.jax_enable_x64)
+    return names, np.array(values, dtype=np.float64)
+
+
+@functools.lru_cache(maxsize=1024)
+def _on_device(values: tuple[float, ...], x64: bool) -> jax.Array:
+    # x64 in the key: the same numbers are float32 outside ``jax.enable_x64`` and float64 in it
+    return jnp.asarray(np.array(values, dtype=np.float64))
 
 
 def init_state(tx: optax.GradientTransformation, params: Any, numbers: Mapping[str, Any]) -> Any:

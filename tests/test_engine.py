@@ -112,3 +112,58 @@ def test_global_norm_matches_optax_for_small_and_large_leaves_and_under_vmap():
     norms = jax.vmap(engine.global_norm)(batch)
     np.testing.assert_allclose(norms, np.array([1, 2, 0]) * float(optax.tree.norm(tree)), rtol=1e-6)
     assert float(engine.global_norm({"x": jnp.array([3.0, 4.0])})) == 5.0
+
+
+def _wobbly(params, t, aux):
+    """A source whose loss depends on the step, as a mini-batch loss does: after a stop, only
+    evaluating at the stop step again gives the values the run stopped with."""
+    scale = 1.0 + 0.5 * jnp.sin(t.astype(jnp.float32))
+    return jax.value_and_grad(lambda x: scale * _quadratic(x))(params)
+
+
+def test_one_run_equals_the_checked_batch_path_in_every_field():
+    # One run takes a hand-written loop's step masked after its stop (a divergence re-runs it
+    # checked); a batch takes segments and replays. Both against each other, every output.
+    tx = optax.inject_hyperparams(optax.sgd)(learning_rate=0.1)
+    x0 = jnp.array([1.0, -2.0])
+
+    def one(lr, axis_name=None, *, steps, record_every, gtol, ftol):
+        state = tx.init(x0)
+        state = state._replace(hyperparams={**state.hyperparams, "learning_rate": lr})
+        return engine.run(_wobbly, tx, x0, steps=steps, opt_state=state,
+                          record_every=record_every, gtol=gtol, ftol=ftol, record_params=True,
+                          record_fn=lambda p: {"p0": p[0]}, axis_name=axis_name)
+
+    lrs = jnp.array([0.0, 1e-3, 0.05, 0.2, 0.3, 0.45, 0.6, 2.0], jnp.float32)
+    cases = [(150, 1, 1e-3, None), (150, 7, None, 1e-4), (150, 150, 1e-2, 1e-5),
+             (97, 10, 1e-4, None)]
+    for steps, every, gtol, ftol in cases:
+        kw = dict(steps=steps, record_every=every, gtol=gtol, ftol=ftol)
+        batch = jax.jit(jax.vmap(lambda lr: one(lr, "c", **kw), axis_name="c"))(lrs)  # noqa: B023
+        seen = set()
+        for i, lr in enumerate(lrs):
+            alone = jax.jit(lambda lr: one(lr, **kw))(lr)  # noqa: B023
+            seen.add(int(alone.status))
+            for name in ("status", "steps", "diverged_at"):
+                assert int(getattr(batch, name)[i]) == int(getattr(alone, name)), (kw, lr, name)
+            for name in ("params", "loss", "grad_norm", "best_loss"):
+                np.testing.assert_allclose(getattr(batch, name)[i], getattr(alone, name),
+                                           rtol=1e-5, atol=1e-7, err_msg=f"{kw} {lr} {name}")
+            for got, want in zip(jax.tree.leaves(jax.tree.map(lambda a: a[i], batch.history)),  # noqa: B023
+                                 jax.tree.leaves(alone.history), strict=True):
+                np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-7, err_msg=f"{kw} {lr}")
+        assert engine.DIVERGED in seen and engine.CONVERGED in seen, kw
+
+
+def test_one_run_that_starts_stopped():
+    tx = optax.sgd(0.1)
+    for x0, status in ((jnp.array([0.0, 0.0]), engine.CONVERGED),
+                       (jnp.array([jnp.nan, 1.0]), engine.DIVERGED)):
+        run = jax.jit(lambda x: engine.run(engine.autodiff(_quadratic), tx, x, steps=20,
+                                           gtol=1e-6, record_every=3))(x0)
+        assert int(run.status) == status and int(run.steps) == 0
+        np.testing.assert_array_equal(run.params, x0)
+        if status == engine.CONVERGED:
+            np.testing.assert_array_equal(run.history.loss, 0.0)
+        else:
+            assert int(run.diverged_at) == 0 and np.all(np.isnan(run.history.loss))
