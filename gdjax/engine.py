@@ -489,15 +489,14 @@ def run(
 
 
 class _Loop(NamedTuple):
-    """The carry of :func:`_masked`: a hand-written loop's, plus a best loss and a stop."""
+    """The carry of :func:`_masked`: a hand-written loop's, plus a best loss and a stop step."""
 
     params: PyTree
     opt_state: PyTree
     loss: jax.Array
     grad: PyTree
     best_loss: jax.Array
-    go: jax.Array  # running: every loss finite so far and no tolerance met
-    stopped_at: jax.Array
+    stopped_at: jax.Array  # -1 while running: every loss finite so far and no tolerance met
     t: jax.Array
 
 
@@ -521,18 +520,20 @@ def _masked(c0, value_and_grad, tx, aux, steps, record_every, gtol, ftol, snapsh
     k = record_every
 
     def step(s, _):
+        go = s.stopped_at < 0
         updates, opt_state = tx.update(s.grad, s.opt_state, s.params)
         # A stopped run's update is masked (in the same fused loop as the add) and its source
         # is evaluated at its stop step again, so it repeats its stop's values.
-        params = jax.tree.map(lambda p, u: p + jnp.where(s.go, u, 0).astype(p.dtype),
+        params = jax.tree.map(lambda p, u: p + jnp.where(go, u, 0).astype(p.dtype),
                               s.params, updates)
         t = s.t + 1
-        loss, grad = value_and_grad(params, jnp.where(s.go, t, s.stopped_at), aux)
-        go = s.go & jnp.isfinite(loss)
+        loss, grad = value_and_grad(params, jnp.where(go, t, s.stopped_at), aux)
+        ok = jnp.isfinite(loss)
         if gtol is not None or ftol is not None:
-            go = go & ~_tolerance_met(loss, grad, s.loss, gtol, ftol)
-        stopped_at = jnp.where(s.go & ~go, t, s.stopped_at)
-        return _Loop(params, opt_state, loss, grad, jnp.minimum(s.best_loss, loss), go,
+            ok = ok & ~_tolerance_met(loss, grad, s.loss, gtol, ftol)
+        # Every op here is a kernel a step: one flag, the stop step, says it all.
+        stopped_at = jnp.where(go & ~ok, t, s.stopped_at)
+        return _Loop(params, opt_state, loss, grad, jnp.minimum(s.best_loss, loss),
                      stopped_at, t), None
 
     def snap(s):
@@ -544,8 +545,7 @@ def _masked(c0, value_and_grad, tx, aux, steps, record_every, gtol, ftol, snapsh
         s, _ = step(s, None) if k == 1 else lax.scan(step, s, length=k)
         return s, snap(s)
 
-    s = _Loop(c0.params, c0.opt_state, c0.loss, c0.grad, c0.best_loss, c0.status == RUNNING,
-              c0.stopped_at, c0.t)
+    s = _Loop(c0.params, c0.opt_state, c0.loss, c0.grad, c0.best_loss, c0.stopped_at, c0.t)
     parts = [jax.tree.map(lambda r: r[None], snap(s))]
     n_blocks, tail = divmod(steps, k)
     if n_blocks:
@@ -556,7 +556,8 @@ def _masked(c0, value_and_grad, tx, aux, steps, record_every, gtol, ftol, snapsh
         parts.append(jax.tree.map(lambda r: r[None], snap(s)))
     records = jax.tree.map(lambda *rs: jnp.concatenate(rs), *parts)
     stopped = jnp.where(jnp.isfinite(s.loss), CONVERGED, DIVERGED)
-    status = jnp.where(s.go, RUNNING, jnp.where(s.stopped_at == 0, c0.status, stopped))
+    status = jnp.where(s.stopped_at < 0, RUNNING,
+                       jnp.where(s.stopped_at == 0, c0.status, stopped))
     carry = _Carry(
         params=s.params,
         opt_state=s.opt_state,
