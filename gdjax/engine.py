@@ -176,7 +176,8 @@ def _step(
     # loss is checked (a non-finite parameter or gradient makes it non-finite at once or one step
     # later). The parameters are frozen at the stop (a stopped run's optimiser state may move
     # on), and with ``freeze_values`` the loss and gradient too, so that the records taken after
-    # the stop already hold the final state. A batch settles its records at the end instead:
+    # the stop already hold the final state (one diverged run's replay, see ``_masked``). A
+    # batch settles its records at the end instead:
     # under vmap XLA:CPU fuses a copy of the whole step into every select, and two more selects
     # made the checked step 2x slower.
     running = c.status == RUNNING
@@ -270,7 +271,8 @@ def run(
       record_params: also record the parameters (e.g. for trajectory plots).
       record_fn: ``params -> pytree of arrays`` recorded beside the loss (e.g. a test loss).
       axis_name: the name of the enclosing ``vmap`` axis when running a batch (see above);
-        vmapping without it also works, with the per-step checks.
+        vmapping without it also works, with one run's masked loop (a diverged run's replay
+        then runs for the whole batch, as a ``cond`` under ``vmap`` does).
 
     Returns:
       A :class:`Run`.
