@@ -54,27 +54,18 @@ class Result(NamedTuple):
         """A result from :func:`pack` 's output (a few arrays, cheap to return from ``jit``)."""
         params, numbers, history_params, metrics = packed
         # One device-to-host copy: each copy, or each index of a device array, costs
-        # microseconds, as much as hundreds of steps of a small problem.
+        # microseconds, as much as hundreds of steps of a small problem. (Positional
+        # construction and ``tolist``: this function once took as long as 200 such steps.)
         numbers = np.asarray(numbers)
-        curves, scalars = numbers[:-6].reshape(2, -1), numbers[-6:]
-        loss, grad_norm, best_loss = scalars[:3]
-        status, n_steps, diverged_at = (int(i) for i in scalars[3:].view(_INTS[scalars.dtype]))
+        scalars = numbers[-6:]
+        status, n_steps, diverged_at = scalars[3:].view(_INTS[scalars.dtype]).tolist()
+        curves = numbers[:-6].reshape(2, -1)
         history = History(
-            step=engine.record_steps(steps, record_every),
-            loss=curves[0],
-            grad_norm=curves[1],
-            params=history_params,
-            metrics=metrics,
+            engine.record_steps(steps, record_every), curves[0], curves[1], history_params, metrics
         )
         return cls(
-            params=params,
-            loss=loss,
-            status=engine.STATUS_NAMES[status],
-            steps=n_steps,
-            history=history,
-            best_loss=best_loss,
-            grad_norm=grad_norm,
-            diverged_at=None if diverged_at < 0 else diverged_at,
+            params, scalars[0], engine.STATUS_NAMES[status], n_steps, history, scalars[2],
+            scalars[1], None if diverged_at < 0 else diverged_at,
         )
 
     def __repr__(self) -> str:
