@@ -288,6 +288,27 @@ def test_nan_in_the_middle_freezes_the_last_finite_state():
     np.testing.assert_array_equal(frozen, frozen[0])
 
 
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_result_record_keeps_large_step_counts_exact(dtype):
+    # pack sends status, steps and diverged_at through a float vector: bit for bit, not by
+    # value (float32 holds integers exactly only up to 2**24, bfloat16 up to 256)
+    steps, at = 2**24 + 3, 2**31 - 7
+    run = engine.Run(
+        params=jnp.zeros(2, dtype), loss=jnp.asarray(1.5, dtype),
+        grad_norm=jnp.asarray(0.25, dtype), best_loss=jnp.asarray(0.5, dtype),
+        status=jnp.int32(engine.DIVERGED),
+        steps=jnp.int32(steps), diverged_at=jnp.int32(at),
+        history=engine.History(jnp.arange(3), jnp.asarray([3.0, 2.0, 1.5], dtype),
+                               jnp.asarray([1.0, 0.5, 0.25], dtype)),
+        opt_state=None,
+    )
+    res = descent.Result.from_packed(jax.jit(descent.pack)(run), steps=2, record_every=1)
+    assert (res.status, res.steps, res.diverged_at) == ("diverged", steps, at)
+    assert (float(res.loss), float(res.grad_norm), float(res.best_loss)) == (1.5, 0.25, 0.5)
+    np.testing.assert_array_equal(res.history.loss, [3.0, 2.0, 1.5])
+    np.testing.assert_array_equal(res.history.grad_norm, [1.0, 0.5, 0.25])
+
+
 def test_numerical_grad_minimize_agrees_with_autodiff():
     f = functions.rosenbrock
     with jax.enable_x64(True):
