@@ -516,8 +516,9 @@ def _masked(c0, value_and_grad, tx, aux, steps, record_every, gtol, ftol, snapsh
     A diverged run is the exception: its last finite state is gone (its parameters were
     updated before its loss was seen), so it is run again from ``c0`` by ``checked``, the
     per-step checked loop, which freezes it there. Diverging single runs cost twice. (Running
-    this loop again instead, stopped one step before the divergence, compiled to a program
-    XLA:CPU dispatched kernel by kernel: 2x slower on a 2-D problem. Measured, not guessed.)
+    this loop again instead, stopped one step before the divergence, in the ``cond`` or in a
+    ``while_loop`` of passes, compiled to a program that XLA:CPU dispatched kernel by kernel:
+    2-3x slower on a 2-D problem.)
     """
     k = record_every
 
