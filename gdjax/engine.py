@@ -525,10 +525,12 @@ def _masked(c0, value_and_grad, tx, aux, steps, record_every, gtol, ftol, snapsh
     def step(s, _):
         go = s.stopped_at < 0
         updates, opt_state = tx.update(s.grad, s.opt_state, s.params)
-        # A stopped run's update is masked (in the same fused loop as the add) and its source
-        # is evaluated at its stop step again, so it repeats its stop's values.
-        params = jax.tree.map(lambda p, u: p + jnp.where(go, u, 0).astype(p.dtype),
-                              s.params, updates)
+        # A stopped run keeps its parameters (the select sits in the same fused loop as the
+        # add: ``go`` is known before the step) and its source is evaluated at its stop step
+        # again, so it repeats its stop's values. Selecting after the add, not masking the
+        # update, keeps the add as a batch computes it (rounding included: a masked update
+        # broke XLA's multiply-add contraction and moved a borderline ``ftol`` stop by a step).
+        params = _select(go, optax.apply_updates(s.params, updates), s.params)
         t = s.t + 1
         loss, grad = value_and_grad(params, jnp.where(go, t, s.stopped_at), aux)
         ok = jnp.isfinite(loss)
