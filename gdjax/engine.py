@@ -239,7 +239,7 @@ def run(
     :func:`gdjax.sweep`), not here.
 
     One run (``axis_name=None``) takes a hand-written loop's step plus a stop flag: once a loss
-    is non-finite or a tolerance is met the later updates are masked and the gradient source is
+    is non-finite or a tolerance is met the later updates are dropped and the gradient source is
     evaluated at the stop step again, so the run repeats its final state (no per-step status,
     freeze or copies; see :func:`_masked`). A run that diverged is run again with the per-step
     checks below, which keep its last finite state.
@@ -506,12 +506,13 @@ def _masked(c0, value_and_grad, tx, aux, steps, record_every, gtol, ftol, snapsh
     """One run as a hand-written loop runs it, plus a stop flag; ``checked`` if it diverged.
 
     Each step is the plain update and evaluation; a flag ``go`` then turns false for good once
-    the loss is non-finite or a tolerance is met. Later updates are masked (a select inside the
-    fused add, not another pass over the parameters) and the source is evaluated at the stop
-    step again, so a stopped run repeats its stop's parameters, loss and gradient (``fit``'s
-    mini-batch included) and its later records need no settling. The checked loop's per-step
-    status, frozen copies and selects cost ~25% more kernels a step (profiled at 1000-D: 25
-    against a hand-written loop's 17) and made XLA copy the carried gradient every step.
+    the loss is non-finite or a tolerance is met. Later updates are dropped (a select after the
+    add, in the same fused loop, not another pass over the parameters) and the source is
+    evaluated at the stop step again, so a stopped run repeats its stop's parameters, loss and
+    gradient (``fit``'s mini-batch included) and its later records need no settling. The
+    checked loop's per-step status, frozen copies and selects cost ~25% more kernels a step
+    (profiled at 1000-D: 25 against a hand-written loop's 17) and made XLA copy the carried
+    gradient every step.
 
     A diverged run is the exception: its last finite state is gone (its parameters were
     updated before its loss was seen), so it is run again from ``c0`` by ``checked``, the
