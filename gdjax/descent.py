@@ -97,9 +97,10 @@ def pack(run: engine.Run, loss: jax.Array | None = None) -> tuple:
         jnp.stack(floats).astype(dtype), jax.lax.bitcast_convert_type(ints, dtype)
     ])
     curves = [jnp.ravel(c).astype(dtype) for c in (run.history.loss, run.history.grad_norm)]
-    # The scalars are written into the curves' padding in place: a concatenation made XLA:CPU
-    # fuse the status computation into the copy of every record and recompute it there (~50 us
-    # for 1001 records); an in-place update computes only the six it writes.
+    # The scalars are written into the curves' padding in place. Concatenated with them, the
+    # records went through an elementwise pass after the loop, and on XLA:CPU any such pass
+    # over 1001 records cost ~50 us, as long as a 2-D run (benchmarks/RESULTS.md); a plain
+    # concatenation and an in-place update of six values do not.
     numbers = jax.lax.dynamic_update_slice(
         jnp.concatenate([*curves, jnp.zeros(6, dtype)]), scalars, (2 * curves[0].size,)
     )
