@@ -99,17 +99,14 @@ def abstract(f: Callable, *args: Any) -> Any:
     unhashable ``f`` is traced every time.
     """
     if len(args) == 1 and isinstance(args[0], jax.Array):  # the common case, quickly
-        x = args[0]
-        signature = (_ONE_ARRAY, ((x.shape, x.dtype),))
-        try:
-            return _abstract(f, signature)
-        except TypeError:
-            return jax.eval_shape(f, *args)
-    leaves, treedef = jax.tree.flatten(args)
-    signature = (treedef, tuple(
-        (x.shape, x.dtype) if isinstance(x, jax.Array) else (jnp.shape(x), jnp.result_type(x))
-        for x in leaves
-    ))
+        signature = (_ONE_ARRAY, ((args[0].shape, args[0].dtype),))
+    else:
+        leaves, treedef = jax.tree.flatten(args)
+        signature = (treedef, tuple(
+            (x.shape, x.dtype) if isinstance(x, jax.Array)
+            else (jnp.shape(x), jnp.result_type(x))
+            for x in leaves
+        ))
     try:
         return _abstract(f, signature)
     except TypeError:
