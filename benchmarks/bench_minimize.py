@@ -85,7 +85,8 @@ def _rosenbrock_rows(quick: bool) -> list[Row]:
             # The loop alone, without minimize's argument checks and result record.
             source = engine.autodiff(f)
             tx_named = optimizer("adam", learning_rate=LR)
-            loop = jax.jit(lambda x: pack(engine.run(source, tx_named, x, steps=STEPS)))  # noqa: B023
+            loop = jax.jit(lambda x: pack(engine.run(source, tx_named, x, steps=STEPS,  # noqa: B023
+                                                     replay=False)))
             lp = lambda: block(loop(x0))  # noqa: B023
             first_call_time(lp)
             rows.append(Row("minimize", "  engine loop only (jit)",

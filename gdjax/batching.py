@@ -175,17 +175,21 @@ def fit(
         if batch_size < n:
             indices = batch_schedule(seed, n, batch_size, epochs)
         names, values = optimizers.as_vector(numbers)
-        packed = _fit(
-            params, values, data, indices, tol, loss_fn, tx, names, eval_fn, steps, record_every
-        )
-        return Result.from_packed(packed, steps, record_every)
+        args = (params, values, data, indices, tol, loss_fn, tx, names, eval_fn, steps,
+                record_every)
+        result = Result.from_packed(_fit(*args), steps, record_every)
+        if result.status == "diverged":
+            # its last finite state, from the checked loop (see ``engine.run``'s ``replay``)
+            result = Result.from_packed(_fit(*args, True), steps, record_every)
+        return result
 
 
-@functools.partial(jax.jit, static_argnums=tuple(range(5, 11)))
-def _fit(params, values, data, indices, tol, loss_fn, tx, names, eval_fn, steps, record_every):
+@functools.partial(jax.jit, static_argnums=tuple(range(5, 12)))
+def _fit(params, values, data, indices, tol, loss_fn, tx, names, eval_fn, steps, record_every,
+         checked=False):
     run = engine.run(
         batch_source(loss_fn), tx, params, steps=steps, aux=(data, indices),
         opt_state=optimizers.init_state(tx, params, dict(zip(names, values, strict=True))),
-        record_every=record_every, gtol=tol, record_fn=eval_fn,
+        record_every=record_every, gtol=tol, record_fn=eval_fn, replay=False, checked=checked,
     )
     return pack(run, loss=loss_fn(run.params, data))

@@ -366,3 +366,81 @@ def test_bad_objectives_and_starts():
         minimize("rosenbrock", jnp.ones(2))
     with pytest.raises(ValueError, match="hyperparameters.*inject_hyperparams"):
         minimize(lambda x: jnp.sum(x**2), jnp.ones(2), optax.adam(0.1), momentum=0.5)
+
+
+# --- what repeated calls skip -------------------------------------------------------------------
+
+
+def test_repeated_calls_skip_only_checks_that_still_hold():
+    # minimize remembers the arguments whose checks passed; anything else is checked again
+    f = lambda x: 0.5 * jnp.sum(x**2)
+    x0 = jnp.ones(2)
+    first = minimize(f, x0, "sgd", learning_rate=0.1, steps=5)
+    again = minimize(f, x0, "sgd", learning_rate=0.1, steps=5)
+    np.testing.assert_array_equal(first.params, again.params)
+    np.testing.assert_array_equal(first.history.loss, again.history.loss)
+    assert (first.status, first.steps) == (again.status, again.steps)
+    # True == 1 and 1 == 1.0: an argument of another type is never taken for a checked one
+    with pytest.raises(ValueError, match="steps=True"):
+        minimize(f, x0, "sgd", learning_rate=0.1, steps=True)
+    minimize(f, x0, "sgd", learning_rate=0.1, steps=1)
+    with pytest.raises(ValueError, match="steps=True"):
+        minimize(f, x0, "sgd", learning_rate=0.1, steps=True)
+    for bad in (float("nan"), -0.1):
+        with pytest.raises(ValueError, match="learning_rate"):
+            minimize(f, x0, "sgd", learning_rate=bad, steps=5)
+    with pytest.raises(TypeError, match="floating-point"):
+        minimize(f, jnp.ones(2, jnp.int32), "sgd", learning_rate=0.1, steps=5)
+    # new values of a checked kind take effect
+    b = minimize(f, x0, "sgd", learning_rate=0.5, steps=3)
+    np.testing.assert_allclose(b.params, 0.5**3, rtol=1e-6)
+
+
+def test_the_checked_loop_is_compiled_only_for_a_run_that_diverges():
+    # A diverged run's last finite state comes from a second program, the per-step checked
+    # loop, compiled on the first divergence only (engine.run's replay=False)
+    f = lambda x: 0.5 * 4.0 * jnp.sum(x**2)  # GD diverges for lr > 0.5
+    x0 = jnp.array([1.0, -2.0])
+    before = descent._run._cache_size()
+    ok = minimize(f, x0, "sgd", learning_rate=0.1, steps=200)
+    assert ok.status == "max_steps" and descent._run._cache_size() == before + 1
+    bad = minimize(f, x0, "sgd", learning_rate=0.6, steps=200, record_params=True)
+    assert descent._run._cache_size() == before + 3  # record_params: its own pair of programs
+    assert bad.status == "diverged" and np.all(np.isfinite(bad.params))
+    k = bad.diverged_at
+    # frozen at the last finite state: the closed form of the step before the divergence
+    np.testing.assert_allclose(bad.params, (1 - 0.6 * 4.0) ** (k - 1) * x0, rtol=1e-5)
+    np.testing.assert_array_equal(bad.history.params[k:], np.broadcast_to(bad.params, (201 - k, 2)))
+    assert np.all(np.isnan(bad.history.loss[k:])) and np.all(np.isfinite(bad.history.loss[:k]))
+    minimize(f, x0, "sgd", learning_rate=0.7, steps=200, record_params=True)
+    assert descent._run._cache_size() == before + 3
+
+
+@pytest.mark.parametrize("record_every", [1, 5])
+def test_unrolled_loop_equals_the_loop_step_by_step(monkeypatch, record_every):
+    # Problems past XLA:CPU's small-loop size run UNROLL steps an iteration; the same runs
+    # one step an iteration must agree: stops, steps, states and records (37 steps: tails)
+    x0 = jnp.linspace(-1.0, 1.5, 64)
+    assert engine._unroll(x0) == engine.UNROLL > 1
+    cases = [(functions.rosenbrock, "adam", 1e-2, None),  # to max_steps
+             (functions.sphere, "sgd", 0.1, 1.0),  # converges at step 11
+             (functions.sphere, "sgd", 10.0, None)]  # diverges at step 15
+
+    def runs():
+        out = []
+        for f, name, lr, tol in cases:
+            jax.clear_caches()
+            out.append(minimize(f, x0, name, learning_rate=lr, steps=37, tol=tol,
+                                record_every=record_every, record_params=True))
+        return out
+
+    unrolled = runs()
+    monkeypatch.setattr(engine, "UNROLL", 1)
+    plain = runs()
+    assert [r.status for r in unrolled] == ["max_steps", "converged", "diverged"]
+    for a, b in zip(unrolled, plain, strict=True):
+        assert (a.status, a.steps, a.diverged_at) == (b.status, b.steps, b.diverged_at)
+        arrays = lambda r: jax.tree.leaves((r.params, r.loss, r.best_loss, r.grad_norm,
+                                            r.history))
+        for x, y in zip(arrays(a), arrays(b), strict=True):
+            np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6)
