@@ -630,4 +630,7 @@ def record_steps(steps: int, record_every: int) -> np.ndarray:
 
 def status_names(codes: Any) -> np.ndarray:
     """The readable status (``"converged"``, ``"max_steps"``, ``"diverged"``) of int codes."""
-    return np.asarray(STATUS_NAMES)[np.asarray(codes)]
+    return _STATUS_ARRAY[np.asarray(codes)]
+
+
+_STATUS_ARRAY = np.asarray(STATUS_NAMES)

@@ -41,11 +41,12 @@ def optional_tolerance(name: str, value: Any) -> float | None:
     return float(value)
 
 
-def float_params(name: str, tree: PyTree) -> PyTree:
+def float_params(name: str, tree: PyTree, *, keep_numpy: bool = False) -> PyTree:
     """Check that ``tree`` is a non-empty pytree of floating arrays; return it as jax arrays.
 
     Python floats and lists become arrays of JAX's default float dtype; float64 NumPy input stays
-    float64 when called inside :func:`precision`.
+    float64 when called inside :func:`precision`. With ``keep_numpy`` NumPy leaves are returned
+    as they are (for a caller that only hands them to a jitted program).
     """
     if isinstance(tree, jax.Array) and _floating(tree.dtype) and tree.size > 0:
         return tree  # the common case, checked in a microsecond
@@ -65,7 +66,8 @@ def float_params(name: str, tree: PyTree) -> PyTree:
         if np.size(leaf) == 0:
             where = jax.tree_util.keystr(path) or "(the array itself)"
             raise ValueError(f"{name} must not hold empty arrays; leaf {where} has size 0")
-    return jax.tree.map(lambda x: x if isinstance(x, jax.Array) else jnp.asarray(x), tree)
+    kept = (jax.Array, np.ndarray) if keep_numpy else jax.Array
+    return jax.tree.map(lambda x: x if isinstance(x, kept) else jnp.asarray(x), tree)
 
 
 @functools.lru_cache(maxsize=64)
