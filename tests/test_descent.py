@@ -394,6 +394,13 @@ def test_repeated_calls_skip_only_checks_that_still_hold():
     # new values of a checked kind take effect
     b = minimize(f, x0, "sgd", learning_rate=0.5, steps=3)
     np.testing.assert_allclose(b.params, 0.5**3, rtol=1e-6)
+    # a float64 start keeps running in float64 when the call is repeated outside enable_x64
+    with jax.enable_x64(True):
+        wide = jnp.array([1.0, -1.0], jnp.float64)
+    runs = [minimize(f, wide, "sgd", learning_rate=0.1, steps=40) for _ in range(2)]
+    for r in runs:
+        assert r.params.dtype == jnp.float64 and r.history.loss.dtype == np.float64
+        np.testing.assert_allclose(r.params, 0.9**40 * np.array([1.0, -1.0]), rtol=1e-12)
 
 
 def test_the_checked_loop_is_compiled_only_for_a_run_that_diverges():

@@ -110,6 +110,25 @@ def test_minimize_style_equals_minimize():
         np.testing.assert_array_equal(res.history.step[i], alone.history.step)
 
 
+def test_minimize_style_equals_minimize_where_the_single_run_is_unrolled():
+    # 64 parameters: minimize unrolls its loop (4 steps an iteration), a sweep's batch does not;
+    # the same configs must still stop at the same steps with the same states
+    x0 = np.linspace(-1.0, 1.0, 64).astype(np.float32)
+    assert sweep_module.engine._unroll(jnp.asarray(x0)) > 1
+    lrs = [0.01, 0.1, 0.3, 0.6]  # bowl: slow, converges, converges fast, diverges (> 2 / A)
+    res = sweep(bowl, x0, "sgd", grid={"learning_rate": lrs}, steps=150, tol=1e-3,
+                record_every=7)
+    assert set(res.status) == {"max_steps", "converged", "diverged"}
+    for i, lr in enumerate(lrs):
+        alone = minimize(bowl, jnp.asarray(x0), "sgd", learning_rate=lr, steps=150, tol=1e-3,
+                         record_every=7)
+        assert (res.status[i], res.steps[i]) == (alone.status, alone.steps), lr
+        assert res.diverged_at[i] == (-1 if alone.diverged_at is None else alone.diverged_at)
+        np.testing.assert_allclose(res.params[i], alone.params, rtol=RTOL, atol=1e-6)
+        np.testing.assert_allclose(res.history.loss[i], alone.history.loss, rtol=RTOL,
+                                   atol=1e-6)
+
+
 def test_minimize_style_float64_and_numerical_gradient():
     x0 = np.array([2.0, -1.0])  # float64: the sweep runs in float64, like minimize
     res = sweep(bowl, x0, "sgd", grid={"learning_rate": [0.1, 0.2]}, steps=50, grad="numerical")
