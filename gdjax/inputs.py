@@ -100,12 +100,15 @@ def abstract(f: Callable, *args: Any) -> Any:
     Tracing costs milliseconds; repeated calls with new values of the same shapes reuse it. An
     unhashable ``f`` is traced every time.
     """
-    if len(args) == 1 and isinstance(args[0], jax.Array):  # the common case, quickly
+    if len(args) == 1 and isinstance(args[0], jax.Array):  # the common cases, quickly
         signature = (_ONE_ARRAY, ((args[0].shape, args[0].dtype),))
+    elif len(args) == 1 and isinstance(args[0], np.ndarray):
+        signature = (_ONE_ARRAY, ((args[0].shape, jax.dtypes.canonicalize_dtype(args[0].dtype)),))
     else:
         leaves, treedef = jax.tree.flatten(args)
         signature = (treedef, tuple(
             (x.shape, x.dtype) if isinstance(x, jax.Array)
+            else (x.shape, jax.dtypes.canonicalize_dtype(x.dtype)) if isinstance(x, np.ndarray)
             else (jnp.shape(x), jnp.result_type(x))
             for x in leaves
         ))

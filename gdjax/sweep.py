@@ -729,33 +729,42 @@ def _fetch(part: _Packed) -> _Outcome:
 # --- chunks, progress, checkpoints ----------------------------------------------------------------
 
 
-def _bytes_per_config(static: _Static, varying: PyTree, shared: PyTree) -> tuple[int, int]:
-    """A rough estimate of one config's memory: ``(outputs, working set)`` in bytes.
+class _Shapes(NamedTuple):
+    """One config's program, abstractly: its outcome's structure and a rough memory estimate."""
 
-    Outputs: final parameters, history. Working set, what each step touches: four copies of the
-    parameters (current, candidate, gradient, update) and two of the optimiser state, and for
-    ``fit``-style sweeps its batch indices and two copies of a gathered batch.
-    """
-    one = jax.tree.map(lambda a: a[0], varying)
-    x0 = one.get("x0", shared["x0"])
-    work = 4 * _nbytes(x0) + 2 * _nbytes(inputs.abstract(static.tx.init, x0))
-    if static.n:
-        sample = _nbytes(jax.tree.map(lambda a: a[0], shared["data"]))
-        work += 4 * static.steps * static.batch_size + 2 * static.batch_size * sample
-    return _nbytes(_outcome_shape(static, one, shared)), work
+    treedef: Any
+    out_bytes: int  # final parameters, history
+    work_bytes: int  # what each step touches (see ``_shapes_cached``)
 
 
-def _outcome_shape(static: _Static, one: PyTree, shared: PyTree) -> _Outcome:
-    """The shapes of one config's outcome (traced once per program and argument shapes)."""
-    leaves, treedef = jax.tree.flatten((one, shared))
-    avals = tuple((np.shape(a), np.dtype(a.dtype)) for a in leaves)
-    return _outcome_shape_cached(static, treedef, avals)
+def _shapes(static: _Static, varying: PyTree, shared: PyTree) -> _Shapes:
+    """:class:`_Shapes` of the program ``static`` on arguments like these (traced once per
+    program and argument shapes; a repeated sweep only builds the key)."""
+    v_leaves, v_def = jax.tree.flatten(varying)
+    s_leaves, s_def = jax.tree.flatten(shared)
+    return _shapes_cached(
+        static, v_def, s_def,
+        tuple((np.shape(a)[1:], np.dtype(a.dtype)) for a in v_leaves),
+        tuple((np.shape(a), np.dtype(a.dtype)) for a in s_leaves),
+    )
 
 
 @functools.lru_cache(maxsize=64)
-def _outcome_shape_cached(static: _Static, treedef: Any, avals: tuple) -> _Outcome:
-    one, shared = jax.tree.unflatten(treedef, [jax.ShapeDtypeStruct(s, d) for s, d in avals])
-    return jax.eval_shape(functools.partial(_run_one, static=static), one, shared)
+def _shapes_cached(static: _Static, v_def: Any, s_def: Any, v_avals: tuple,
+                   s_avals: tuple) -> _Shapes:
+    """Working set: four copies of the parameters (current, candidate, gradient, update) and two
+    of the optimiser state, and for ``fit``-style sweeps its batch indices and two copies of a
+    gathered batch."""
+    one = jax.tree.unflatten(v_def, [jax.ShapeDtypeStruct(s, d) for s, d in v_avals])
+    shared = jax.tree.unflatten(s_def, [jax.ShapeDtypeStruct(s, d) for s, d in s_avals])
+    outcome = jax.eval_shape(functools.partial(_run_one, static=static), one, shared)
+    x0 = one.get("x0", shared["x0"])
+    work = 4 * _nbytes(x0) + 2 * _nbytes(jax.eval_shape(static.tx.init, x0))
+    if static.n:
+        sample = sum(math.prod(a.shape[1:]) * np.dtype(a.dtype).itemsize
+                     for a in jax.tree.leaves(shared["data"]))
+        work += 4 * static.steps * static.batch_size + 2 * static.batch_size * sample
+    return _Shapes(jax.tree.structure(outcome), _nbytes(outcome), work)
 
 
 def _nbytes(tree: PyTree) -> int:
@@ -777,9 +786,12 @@ def _run_groups(
     mesh = groups[0][0].mesh
     devices = mesh.size
     plans = []
+    treedefs = []
     for static, idx in groups:
+        shapes = _shapes(static, varying, shared)
+        treedefs.append(shapes.treedef)
         if chunk_size is None:
-            out, work = _bytes_per_config(static, varying, shared)
+            out, work = shapes.out_bytes, shapes.work_bytes
             per_device = min(memory_budget // (out + work), CACHE_BYTES // work)
         else:
             per_device = -(-chunk_size // devices)
@@ -802,7 +814,8 @@ def _run_groups(
     with _progress_bar(show, total) as advance:
         for g, (static, idx, size, chunks) in enumerate(plans):
             results.append(_run_group(
-                g, static, idx, size, chunks, varying, shared_on_devices, by_config, store, advance
+                g, static, treedefs[g], idx, size, chunks, varying, shared_on_devices, by_config,
+                store, advance,
             ))
     if len(results) == 1:
         return results[0]
@@ -812,6 +825,7 @@ def _run_groups(
 def _run_group(
     g: int,
     static: _Static,
+    treedef: Any,
     idx: np.ndarray,
     size: int,
     chunks: int,
@@ -822,9 +836,6 @@ def _run_group(
     advance: Callable[[], None],
 ) -> _Outcome:
     """The chunks of one group; each is dispatched before the previous one is collected."""
-    treedef = jax.tree.structure(
-        _outcome_shape(static, jax.tree.map(lambda a: a[0], varying), shared_on_devices)
-    )
     out = None
 
     def finish(k, part, computed):
