@@ -31,7 +31,7 @@ import numpy as np
 import optax
 
 from gdjax import engine, inputs, optimizers
-from gdjax.descent import Result, pack
+from gdjax.descent import Result, pack, replayed
 
 PyTree = Any
 
@@ -175,13 +175,11 @@ def fit(
         if batch_size < n:
             indices = batch_schedule(seed, n, batch_size, epochs)
         names, values = optimizers.as_vector(numbers)
-        args = (params, values, data, indices, tol, loss_fn, tx, names, eval_fn, steps,
-                record_every)
-        result = Result.from_packed(_fit(*args), steps, record_every)
-        if result.status == "diverged":
-            # its last finite state, from the checked loop (see ``engine.run``'s ``replay``)
-            result = Result.from_packed(_fit(*args, True), steps, record_every)
-        return result
+        return replayed(
+            lambda checked: _fit(params, values, data, indices, tol, loss_fn, tx, names, eval_fn,
+                                 steps, record_every, checked),
+            steps, record_every,
+        )
 
 
 @functools.partial(jax.jit, static_argnums=tuple(range(5, 12)))

@@ -277,20 +277,22 @@ def _call_key(f, x0, optimizer, learning_rate, steps, tol, ftol, record_every, r
             record_every, record_params, grad, jax.config.jax_enable_x64)
 
 
+def replayed(run: Callable[[bool], tuple], steps: int, record_every: int) -> Result:
+    """The result of ``run(checked=False)``, a packed single run; if it diverged, that of
+    ``run(checked=True)``, which keeps its last finite state (the checked loop is compiled only
+    for problems that diverge; see ``engine.run``'s ``replay``)."""
+    result = Result.from_packed(run(False), steps, record_every)
+    if result.status == "diverged":
+        result = Result.from_packed(run(True), steps, record_every)
+    return result
+
+
 def _minimize(x0, values, tol, ftol, f, tx, names, grad, steps, record_every, record_params):
-    result = Result.from_packed(
-        _run(x0, values, tol, ftol, f, tx, names, grad, steps, record_every, record_params),
+    return replayed(
+        lambda checked: _run(x0, values, tol, ftol, f, tx, names, grad, steps, record_every,
+                             record_params, checked),
         steps, record_every,
     )
-    if result.status == "diverged":
-        # Its last finite state, from the checked loop (compiled only for problems that
-        # diverge; see ``engine.run``'s ``replay``).
-        result = Result.from_packed(
-            _run(x0, values, tol, ftol, f, tx, names, grad, steps, record_every, record_params,
-                 True),
-            steps, record_every,
-        )
-    return result
 
 
 # Static arguments by position: jit's dispatch of keyword statics costs tens of microseconds a
