@@ -247,7 +247,7 @@ def run(quick: bool) -> list[Row]:
             t_lean = min(t_lean, best_time(lean, repeat=repeat))
         res = sweep(f, X0, "adam", grid={"learning_rate": lrs}, steps=STEPS, progress=False)
         x_hand, loss_hand = _hand(lrs)
-        np.testing.assert_allclose(res.final_loss, loss_hand, rtol=1e-3, atol=1e-6)
+        np.testing.assert_allclose(res.loss, loss_hand, rtol=1e-3, atol=1e-6)
         rows.append(Row("sweep", case, t_lean, "hand jit(vmap(scan)) optax.adam", t_hand,
                         "like for like: no history (record_every=steps); target 0.91x"))
         jlrs = jnp.asarray(lrs)

@@ -49,7 +49,7 @@ def main() -> None:
 
     # Empirically: the smallest learning rate at which some start ends above where it began.
     start_loss = np.asarray(res.history.loss[:, 0])
-    worse = (res.status == "diverged") | (res.final_loss > start_loss)
+    worse = (res.status == "diverged") | (res.loss > start_loss)
     lr = res.grid["learning_rate"]
     boundary = lr[worse].min()
     print(f"theory: gradient descent diverges for lr > 2/L = {2 / L:g}")
@@ -58,7 +58,7 @@ def main() -> None:
 
     out.mkdir(parents=True, exist_ok=True)
     plot.loss_vs_learning_rate(
-        lr, res.final_loss, res.status, boundary=2 / L, boundary_label="2/L (theory)",
+        lr, res.loss, res.status, boundary=2 / L, boundary_label="2/L (theory)",
         title=f"gradient descent on a quadratic with L = {L:g}: {len(res)} runs, 500 steps",
         path=out / "lr_sweep_quadratic.png", dpi=90)
     first = res.grid["seed"] == 0

@@ -13,11 +13,11 @@ names with ``from gdjax.sweep import ...``.
 from gdjax import engine, functions
 from gdjax.batching import fit
 from gdjax.check import GradCheckReport, assert_grads_close, check_grads
-from gdjax.descent import Result, gradient_descent, minimize
-from gdjax.engine import History
+from gdjax.descent import gradient_descent, minimize
+from gdjax.engine import History, Result, Status
 from gdjax.finite_diff import directional_derivative, numerical_gradient
 from gdjax.optimizers import OPTIMIZERS, hyperparameters, optimizer
-from gdjax.results import SweepResult, load
+from gdjax.results import StatusArray, SweepResult, load
 from gdjax.sharpness import (
     epsilon_sharpness,
     hessian_top_eigenvalue,
@@ -35,6 +35,8 @@ __all__ = [
     "History",
     "LogUniform",
     "Result",
+    "Status",
+    "StatusArray",
     "SweepResult",
     "Uniform",
     "__version__",

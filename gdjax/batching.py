@@ -31,7 +31,8 @@ import numpy as np
 import optax
 
 from gdjax import engine, inputs, optimizers
-from gdjax.descent import Result, pack, replayed
+from gdjax.descent import concrete
+from gdjax.engine import Result
 
 PyTree = Any
 
@@ -101,16 +102,22 @@ def fit(
     data: PyTree,
     *,
     optimizer: str | optax.GradientTransformation = "sgd",
-    learning_rate: float | Callable | None = None,
+    learning_rate: Any = None,
     batch_size: int | None = None,
     epochs: int = 1,
     seed: int = 0,
     eval_fn: Callable[[PyTree], Any] | None = None,
     record_every: int | None = None,
-    tol: float | None = None,
+    tol: Any = None,
     **hyperparameters: Any,
 ) -> Result:
     """Train ``params`` on ``data`` by stochastic, mini-batch or batch gradient descent.
+
+    Like :func:`gdjax.minimize`, a pure function of its array arguments (``params``, ``data``,
+    ``learning_rate`` and the other numeric hyperparameters, ``tol``): it runs eagerly and
+    composes with ``jax.jit``, ``jax.vmap`` and ``jax.grad`` (see there for what differentiating
+    through the loop costs). ``seed`` is a Python int: the sample orders are drawn on the host
+    (to vary it inside one program, sweep it: ``gdjax.sweep(grid={"seed": ...})``).
 
     Args:
       loss_fn: ``loss_fn(params, batch) -> scalar``, the mean loss over ``batch``, which has the
@@ -159,7 +166,10 @@ def fit(
     )
     tol = inputs.optional_tolerance("tol", tol)
     if not isinstance(seed, int) or isinstance(seed, bool):
-        raise TypeError(f"seed must be an int, got seed={seed!r}")
+        raise TypeError(
+            f"seed must be a Python int (it orders the batches on the host), got seed={seed!r}; "
+            "to run several seeds in one program, use gdjax.sweep(grid={'seed': ...})"
+        )
     if eval_fn is not None and not callable(eval_fn):
         raise TypeError(f"eval_fn must be callable or None, got eval_fn={eval_fn!r}")
     if learning_rate is not None:
@@ -174,20 +184,16 @@ def fit(
         indices = None
         if batch_size < n:
             indices = batch_schedule(seed, n, batch_size, epochs)
-        names, values = optimizers.as_vector(numbers)
-        return replayed(
-            lambda checked: _fit(params, values, data, indices, tol, loss_fn, tx, names, eval_fn,
-                                 steps, record_every, checked),
-            steps, record_every,
-        )
+        result = _fit(params, numbers, data, indices, tol, inputs.static(loss_fn), tx,
+                      inputs.static(eval_fn), steps, record_every)
+    return concrete(result)
 
 
-@functools.partial(jax.jit, static_argnums=tuple(range(5, 12)))
-def _fit(params, values, data, indices, tol, loss_fn, tx, names, eval_fn, steps, record_every,
-         checked=False):
+@functools.partial(jax.jit, static_argnums=(5, 6, 7, 8, 9))
+def _fit(params, numbers, data, indices, tol, loss_fn, tx, eval_fn, steps, record_every):
     run = engine.run(
-        batch_source(loss_fn), tx, params, steps=steps, aux=(data, indices),
-        opt_state=optimizers.init_state(tx, params, dict(zip(names, values, strict=True))),
-        record_every=record_every, gtol=tol, record_fn=eval_fn, replay=False, checked=checked,
+        batch_source(loss_fn.value), tx, params, steps=steps, aux=(data, indices),
+        opt_state=optimizers.init_state(tx, params, numbers), record_every=record_every,
+        gtol=tol, record_fn=eval_fn.value,
     )
-    return pack(run, loss=loss_fn(run.params, data))
+    return run._replace(loss=loss_fn.value(run.params, data))

@@ -348,7 +348,7 @@ def _lr_table(res: Any, title: str) -> Table:
     for lr in unique[:: max(1, len(unique) // 12)]:
         at = lrs == lr
         alive = at & (res.status != "diverged")
-        median = f"{np.median(res.final_loss[alive]):.3e}" if alive.any() else "-"
+        median = f"{np.median(res.loss[alive]):.3e}" if alive.any() else "-"
         table.add_row(_g(lr), median, str(int(np.sum(res.status[at] == "max_steps"))),
                       str(int(np.sum(res.status[at] == "diverged"))))
     return table
@@ -468,7 +468,7 @@ def race(
                         if minimizers.size else None)
             rows.append({
                 "optimizer": name, "learning_rate": float(res.grid["learning_rate"][i]),
-                "final_loss": float(res.final_loss[i]), "distance_to_minimizer": distance,
+                "loss": float(res.loss[i]), "distance_to_minimizer": distance,
                 "status": str(res.status[i]), "steps": int(res.steps[i]),
             })
             paths[name] = np.asarray(res.history.params[i]).reshape(-1, x0.size)
@@ -494,21 +494,21 @@ def _race_table(rows: list[dict[str, Any]], title: str) -> Table:
         d = r["distance_to_minimizer"]
         table.add_row(
             f"[bold]{r['optimizer']}[/bold] (best)" if i == best else r["optimizer"],
-            _g(r["learning_rate"]), f"{r['final_loss']:.3e}", "" if d is None else f"{d:.2e}",
+            _g(r["learning_rate"]), f"{r['loss']:.3e}", "" if d is None else f"{d:.2e}",
             r["status"], str(r["steps"]),
         )
     return table
 
 
 def _sort_key(row: dict[str, Any]) -> float:
-    loss = row["final_loss"]
+    loss = row["loss"]
     return math.inf if row["status"] == "diverged" or not math.isfinite(loss) else loss
 
 
 def _race_picture(f: Any, result: Race, path: Path, report: Reporter) -> Path:
     rows, paths = result.rows, result.paths
     curves = {
-        f"{r['optimizer']} (lr {_g(r['learning_rate'])}): {r['final_loss']:.1e}": paths[
+        f"{r['optimizer']} (lr {_g(r['learning_rate'])}): {r['loss']:.1e}": paths[
             r["optimizer"]]
         for r in rows
     }
@@ -567,7 +567,7 @@ def _sweep_summary(res: Any) -> dict[str, Any]:
     except ValueError:
         summary["best"] = None
     else:
-        summary["best"] = {"index": best.index, "config": best.config, "final_loss": best.loss,
+        summary["best"] = {"index": best.index, "config": best.config, "loss": best.loss,
                            "params": best.params, "status": str(res.status[best.index])}
     return summary
 
@@ -577,7 +577,7 @@ def _best_line(summary: dict[str, Any]) -> str:
     if best is None:
         return "[red]every config diverged[/red]: try smaller learning rates"
     config = ", ".join(f"{k}={_cell(v)}" for k, v in best["config"].items())
-    return (f"best: config {best['index']} ({config}): final loss {best['final_loss']:.6g}, "
+    return (f"best: config {best['index']} ({config}): final loss {best['loss']:.6g}, "
             f"{best['status']}, x = {_cell(best['params'])}")
 
 
@@ -622,7 +622,7 @@ def _write_sweep(res: Any, f: Any, out: Path, stem: str, *, plots: bool, report:
                              title=f"{name}: loss of {len(some)} configs at learning rate "
                              f"{_g(lrs[0])}")
         files["final_loss"] = out / f"{stem}_final_loss.png"
-        plot.loss_vs_learning_rate(lrs, res.final_loss, res.status, minimum=minimum,
+        plot.loss_vs_learning_rate(lrs, res.loss, res.status, minimum=minimum,
                                    boundary=boundary, path=files["final_loss"],
                                    title=f"{name}: final loss vs learning rate ({len(res)} "
                                    "configs)")

@@ -1,31 +1,58 @@
-"""The one descent loop that every gdjax entry point runs on.
+"""The one descent loop under every gdjax entry point: a pure function of arrays.
 
-A *run* takes a gradient source, an optax transform and a start, and applies ``steps`` updates in a
-``lax.scan``:
+A *run* takes a gradient source, an optax transformation and a start, and applies up to ``steps``
+updates:
 
 .. math::
 
-    g_t = \\nabla f(x_t), \\qquad (u_t, s_{t+1}) = \\mathrm{tx.update}(g_t, s_t, x_t), \\qquad
-    x_{t+1} = x_t + u_t .
+    (u_t, s_t) = \\mathrm{tx.update}(g_{t-1}, s_{t-1}, x_{t-1}), \\qquad x_t = x_{t-1} + u_t,
+    \\qquad (f_t, g_t) = (f(x_t), \\nabla f(x_t)).
 
-Every step is a pure function of the carry, so ``jax.vmap(run)`` is a sweep: nothing branches on a
-run's own values and nothing breaks out early (a batch may skip or replay a segment as a whole,
-see :func:`run`). A run that has finished simply stops changing:
+:func:`run` is an ordinary JAX function: call it eagerly or under ``jax.jit``; ``jax.vmap`` of it
+is a sweep; ``jax.grad`` through it gives hypergradients. It never raises on numerical trouble
+and never branches in Python on a run's values. A run ends with one :class:`Status`:
 
-* *converged*: the gradient norm fell to ``gtol`` or the loss changed by at most ``ftol``;
-* *diverged*: the loss became non-finite (a non-finite gradient or parameter shows in the loss at
-  once or one step later; the start is checked in full). The run is frozen at its last finite
-  parameters and remembers the step at which it diverged, so one bad member of a sweep never turns
-  the others into NaN;
-* *max_steps*: neither happened within ``steps``.
+* ``CONVERGED``: the gradient norm fell to ``gtol``, or one update changed the loss by at most
+  ``ftol``; the run keeps the parameters at which that happened;
+* ``DIVERGED``: the loss became non-finite (a non-finite parameter or gradient shows in the loss at
+  once or one step later; the start is checked in full). The run keeps its last finite
+  parameters and the step at which it diverged, so one bad member of a sweep never turns the
+  others into NaN;
+* ``MAX_STEPS``: neither happened within ``steps``.
 
-History is decimated: every ``record_every`` steps the loop stores the loss, the gradient norm and,
-when asked, the parameters and user metrics, so memory does not grow with ``steps``. Records
-after a run stopped repeat its final state.
+How the loop is organised (the reasons are XLA:CPU's costs, measured in benchmarks/RESULTS.md):
+
+* **One step function**, :func:`step`. Stopping is one int per run, ``flag``: 0 while running,
+  ``t + 1`` once converged at step ``t``, ``-(t + 1)`` once diverged at step ``t``. A stopped
+  run's update is multiplied by 0, not selected away (under ``vmap`` a select on a per-run
+  predicate costs XLA:CPU 3-4x the whole step, a multiply almost nothing).
+* **Two kinds of steps.** With ``gtol``/``ftol`` (or a record every step) every step
+  evaluates the loss and tests the stop rule. Without them only divergence can stop a run, so
+  the steps only update, as a hand-written loop does (the gradient fused with the update, no
+  loss), and the segment's end checks that the loss is still finite.
+* **Segments** of :data:`SEGMENT_STEPS` evaluated or :data:`FAST_SEGMENT_STEPS` plain steps. A
+  segment in which no run is running is skipped (a ``lax.cond`` on :func:`batch_any`, which stays
+  a branch under ``vmap``), so a batch whose runs have all stopped stops costing.
+* **Replays**: a run that diverged inside a segment (or, rarely, whose parameters a non-finite
+  update carried off after it stopped) is marked with the segment's starting state; after the
+  last segment the marked runs run that segment again, evaluating every step and keeping the
+  last parameters they held while running, so they end at their last finite state with the
+  step of their divergence. Every kind of step computes the same ``x + m * u``, so a replay
+  retraces the steps it replays bit for bit. (:func:`gdjax.sweep` replays only the marked runs.)
+* **History** is decimated: every ``record_every`` steps the loss and gradient norm (and, when
+  asked, the parameters and ``record_fn``'s metrics). Records from a run's stop on are set to its
+  final state at the end (a diverged run's loss and gradient norm read NaN from the step it
+  diverged at).
+
+Differentiating through a run (``jax.grad`` of its final loss with respect to ``x0`` or a
+learning rate) stores the state at each segment's start (each segment is ``jax.checkpoint``-ed)
+and recomputes the segment on the way back: memory grows as ``steps / S + S`` copies of the
+state for segments of ``S`` steps, not ``steps`` copies, for one more forward pass of compute.
 """
 
 from __future__ import annotations
 
+import enum
 import functools
 from collections.abc import Callable
 from typing import Any, NamedTuple
@@ -35,31 +62,96 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from jax import lax
+from jax.extend import core as jax_core
+from jax.interpreters import batching, mlir
 
 PyTree = Any
 
-# Status codes as stored in the int32 ``status`` arrays; ``STATUS_NAMES[code]`` reads them.
-RUNNING, CONVERGED, MAX_STEPS, DIVERGED = 0, 1, 2, 3
-STATUS_NAMES = ("running", "converged", "max_steps", "diverged")
+
+class Status(enum.IntEnum):
+    """How a run ended: the int codes in every ``status`` array, from the engine to the CLI.
+
+    A member compares equal to its code and to its lower-case name, so ``result.status ==
+    "converged"`` works on a concrete result; arrays of codes compare with the members
+    (``res.status == gdjax.Status.DIVERGED``).
+    """
+
+    CONVERGED = 1
+    MAX_STEPS = 2
+    DIVERGED = 3
+
+    @property
+    def message(self) -> str:
+        """A sentence saying what the status means."""
+        return _MESSAGES[self]
+
+    @classmethod
+    def of(cls, value: Any) -> Status:
+        """The member named (``"converged"``) or numbered (``1``) by ``value``."""
+        if isinstance(value, str):
+            try:
+                return cls[value.upper()]
+            except KeyError:
+                pass
+        elif isinstance(value, (int, np.integer)) and not isinstance(value, bool):
+            try:
+                return cls(int(value))
+            except ValueError:
+                pass
+        names = ", ".join(str(s) for s in cls)
+        raise ValueError(f"status must be one of {names} (or codes 1-3), got {value!r}")
+
+    def __str__(self) -> str:
+        return self.name.lower()
+
+    def __format__(self, spec: str) -> str:
+        if spec and spec[-1] in "bcdoxXn":  # an integer format asks for the code
+            return format(int(self), spec)
+        return format(str(self), spec)
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, str):
+            return str(self) == other
+        return int.__eq__(self, other)
+
+    def __ne__(self, other: object) -> bool:
+        return not self == other
+
+    __hash__ = int.__hash__
+
+
+_MESSAGES = {
+    Status.CONVERGED: "a tolerance was met: the gradient norm fell to tol, or an update changed "
+    "the loss by at most ftol",
+    Status.MAX_STEPS: "every step was taken without meeting a tolerance",
+    Status.DIVERGED: "the loss became non-finite; the parameters are the last finite ones",
+}
 
 ValueAndGrad = Callable[[PyTree, jax.Array, PyTree], tuple[jax.Array, PyTree]]
 """A gradient source: ``value_and_grad(params, t, aux) -> (loss, grads)``.
 
 ``t`` is the int32 index of the step whose parameters are evaluated (``fit`` uses it to pick the
-mini-batch), ``aux`` any pytree of arrays the source needs (data, batch indices); either may
-be ignored.
+mini-batch), ``aux`` any pytree of arrays the source needs (data, batch indices); either may be
+ignored.
 """
+
+SEGMENT_STEPS = 64
+"""Steps per segment when every step is evaluated: the unit of skipping a stopped batch."""
+
+FAST_SEGMENT_STEPS = 256
+"""Steps per segment of unevaluated steps: the unit of checking (once per segment, at its end)
+and of replaying a divergence."""
 
 
 class History(NamedTuple):
-    """What the loop recorded, one entry every ``record_every`` steps plus the final state.
+    """What a run recorded, one entry every ``record_every`` steps plus the final state.
 
     Attributes:
-      step: int32 ``(R,)``, the step index of each record (``0, k, 2k, ..., steps``).
+      step: int32 ``(R,)``, the step of each record (``0, k, 2k, ..., steps``).
       loss: ``(R,)`` loss at the recorded parameters (the mini-batch loss for ``fit``). Records
-        after a run stopped repeat its final state; a diverged run's loss and gradient norm read
-        NaN from the step it diverged at.
-      grad_norm: ``(R,)`` global L2 norm of the gradient there.
+        from a run's stop on repeat its final state; a diverged run's loss reads NaN from the
+        step it diverged at.
+      grad_norm: ``(R,)`` global L2 norm of the gradient there (NaN like ``loss``).
       params: the recorded parameters with a leading ``(R,)`` axis, or ``None``.
       metrics: the recorded ``record_fn(params)`` pytree with a leading ``(R,)`` axis, or ``None``.
     """
@@ -71,57 +163,63 @@ class History(NamedTuple):
     metrics: PyTree = None
 
 
-class Run(NamedTuple):
-    """The outcome of one run (every field gains a leading config axis under ``vmap``).
+class Result(NamedTuple):
+    """The outcome of a run: the record of :func:`gdjax.minimize`, :func:`gdjax.fit` and of each
+    config of :func:`gdjax.sweep` (whose :class:`gdjax.SweepResult` has the same fields with a
+    leading config axis). A pytree of arrays; every field gains a leading axis under ``vmap``.
 
     Attributes:
       params: final parameters: the last finite ones for a diverged run.
-      loss: loss at ``params``.
-      grad_norm: gradient norm at ``params``.
-      best_loss: smallest loss seen along the run.
-      status: int32 code, one of ``CONVERGED``, ``MAX_STEPS``, ``DIVERGED``.
+      loss: loss at ``params`` (for ``fit``, the mean over the whole data set).
+      best_loss: smallest loss in ``history`` (so every step's with ``record_every=1``); ``inf``
+        when no recorded loss is finite.
+      grad_norm: global gradient norm at ``params``.
+      status: int32 code of a :class:`Status` (a :class:`Status` member when computed eagerly).
       steps: int32, updates applied.
-      diverged_at: int32, the step whose update produced a non-finite value, or -1.
+      diverged_at: int32, the step whose update made the loss non-finite, or -1.
       history: the decimated :class:`History`.
-      opt_state: the optimiser state at the end of the loop (it may have moved on after the
-        run stopped; the parameters do not).
     """
 
     params: PyTree
     loss: jax.Array
-    grad_norm: jax.Array
     best_loss: jax.Array
+    grad_norm: jax.Array
     status: jax.Array
     steps: jax.Array
     diverged_at: jax.Array
     history: History
-    opt_state: PyTree
+
+    def __repr__(self) -> str:
+        if np.ndim(self.status) != 0 or isinstance(self.status, jax.core.Tracer):
+            shape = np.shape(self.status)
+            return f"Result(batch of shape {shape}, fields {', '.join(self._fields)})"
+        status = Status.of(int(self.status))
+        extra = "" if status != Status.DIVERGED else f", diverged_at={int(self.diverged_at)}"
+        return (
+            f"Result(status={status}, loss={float(self.loss):.6g}, steps={int(self.steps)}, "
+            f"grad_norm={float(self.grad_norm):.3g}{extra}, params={self.params!r})"
+        )
 
 
-class _Carry(NamedTuple):
+class Carry(NamedTuple):
+    """The loop's state; ``flag`` is 0 while running, ``t + 1`` once converged at step ``t`` and
+    ``-(t + 1)`` once diverged at step ``t``."""
+
     params: PyTree
     opt_state: PyTree
     loss: jax.Array
     grad: PyTree
-    best_loss: jax.Array
-    status: jax.Array
-    stopped_at: jax.Array  # the step at which the status left RUNNING; -1 while running
-    t: jax.Array
+    flag: jax.Array
 
 
-class _Frozen(NamedTuple):
-    """The per-run part of a :class:`_Carry`: what a stopping run's replay replaces."""
+class Problem(NamedTuple):
+    """What every step of a run reads besides its carry."""
 
-    params: PyTree
-    loss: jax.Array
-    grad: PyTree
-    best_loss: jax.Array
-    status: jax.Array
-    stopped_at: jax.Array
-
-    @classmethod
-    def of(cls, c: _Carry) -> _Frozen:
-        return cls(c.params, c.loss, c.grad, c.best_loss, c.status, c.stopped_at)
+    value_and_grad: ValueAndGrad
+    tx: optax.GradientTransformation
+    aux: PyTree
+    gtol: jax.Array | None
+    ftol: jax.Array | None
 
 
 def autodiff(f: Callable[[PyTree], jax.Array]) -> ValueAndGrad:
@@ -141,12 +239,10 @@ SMALL_LEAF = 16
 
 
 def global_norm(tree: PyTree) -> jax.Array:
-    """The global L2 norm of a pytree, as ``optax.tree.norm`` but fast under ``vmap``.
+    """The global L2 norm of a pytree, as ``optax.tree.norm``, fast under ``vmap``.
 
-    Under ``vmap`` a per-run reduction over a few elements becomes a reduction over a tiny minor
-    axis, which XLA:CPU runs ~7x slower than the same sum written element by element (measured:
-    2000 steps of a 2-D gradient-norm check for 4096 runs, 40 ms against 10 ms; the steps
-    themselves take 5 ms). Small leaves are therefore summed element by element.
+    Small leaves are summed element by element: under ``vmap`` a reduction over a few elements
+    is a reduction over a tiny minor axis, which XLA:CPU runs several times slower.
     """
     terms = []
     for leaf in jax.tree.leaves(tree):
@@ -159,86 +255,126 @@ def global_norm(tree: PyTree) -> jax.Array:
     return jnp.sqrt(total)
 
 
-def _select(pred: jax.Array, on_true: PyTree, on_false: PyTree) -> PyTree:
-    return jax.tree.map(lambda a, b: jnp.where(pred, a, b), on_true, on_false)
+# --- batch_any: one decision for a whole vmapped batch -------------------------------------------
+
+_batch_any_p = jax_core.Primitive("gdjax_batch_any")
+_batch_any_p.def_impl(jnp.any)
+_batch_any_p.def_abstract_eval(lambda x: jax.core.ShapedArray((), jnp.bool_))
+batching.primitive_batchers[_batch_any_p] = lambda args, dims: (_batch_any_p.bind(args[0]), None)
+mlir.register_lowering(_batch_any_p, mlir.lower_fun(jnp.any, multiple_results=False))
 
 
-def _step(
-    c: _Carry,
-    value_and_grad: ValueAndGrad,
-    tx: optax.GradientTransformation,
-    aux: PyTree,
-    gtol: jax.Array | None,
-    ftol: jax.Array | None,
-    freeze_values: bool,
-) -> _Carry:
-    # Kept lean: on small problems every extra op in this body shows in the step time. Only the
-    # loss is checked (a non-finite parameter or gradient makes it non-finite at once or one step
-    # later). The parameters are frozen at the stop (a stopped run's optimiser state may move
-    # on), and with ``freeze_values`` the loss and gradient too, so that the records taken after
-    # the stop already hold the final state (one diverged run's replay, see ``_masked``). A
-    # batch settles its records at the end instead:
-    # under vmap XLA:CPU fuses a copy of the whole step into every select, and two more selects
-    # made the checked step 2x slower.
-    running = c.status == RUNNING
-    updates, opt_state = tx.update(c.grad, c.opt_state, c.params)
-    params = optax.apply_updates(c.params, updates)
-    t = c.t + 1
-    loss, grad = value_and_grad(params, t, aux)
+def batch_any(x: jax.Array) -> jax.Array:
+    """``jnp.any(x)``, reduced over every ``vmap`` axis too: an unbatched bool.
 
-    finite = jnp.isfinite(loss)
-    commit = running & finite
-    status = jnp.where(running & ~finite, DIVERGED, c.status)
-    if gtol is not None or ftol is not None:
-        met = _tolerance_met(loss, grad, c.loss, gtol, ftol)
-        status = jnp.where(commit & met, CONVERGED, status)
-    return _Carry(
-        params=_select(commit, params, c.params),
-        opt_state=opt_state,
-        loss=jnp.where(commit, loss, c.loss) if freeze_values else loss,
-        grad=_select(commit, grad, c.grad) if freeze_values else grad,
-        best_loss=jnp.minimum(c.best_loss, jnp.where(commit, loss, jnp.inf)),
-        status=status,
-        stopped_at=jnp.where(running & (status != RUNNING), t, c.stopped_at),
-        t=t,
+    A ``lax.cond`` on it stays a branch under ``vmap`` (a batched predicate would turn it into
+    a select that runs both sides), so a batch skips work that none of its runs needs. Under
+    ``shard_map`` each device decides for its own shard. (The trick is equinox's
+    ``unvmap_any``.)
+    """
+    return _batch_any_p.bind(jnp.asarray(x, jnp.bool_))
+
+
+# --- the step ------------------------------------------------------------------------------------
+
+
+def step(c: Carry, t: jax.Array, problem: Problem, *, evaluate: bool) -> Carry:
+    """Step ``t`` of a run: one update for a running run, none for a stopped one.
+
+    Args:
+      c: the carry after step ``t - 1``.
+      t: int32 index of this step (from 1).
+      problem: the gradient source, transformation, data and tolerances.
+      evaluate: evaluate the new parameters and test the stop rule: loss non-finite ->
+        diverged; ``gtol``/``ftol`` met -> converged. Without it the step is a hand-written
+        loop's: the gradient at the current parameters (which XLA fuses with the update), no
+        loss, ``flag`` unchanged and the carry's loss and gradient left stale.
+
+    Returns:
+      The carry after step ``t``.
+    """
+    running = c.flag == 0
+    grad = c.grad if evaluate else problem.value_and_grad(c.params, t - 1, problem.aux)[1]
+    updates, opt_state = problem.tx.update(grad, c.opt_state, c.params)
+    # A stopped run's update is multiplied by zero: under vmap XLA:CPU vectorises that, not a
+    # select on a per-run predicate (which cost 3-4x the whole step). Every mode computes the
+    # same ``x + m * u``, so a replay retraces the steps it replays bit for bit.
+    params = jax.tree.map(
+        lambda x, u: (x + running.astype(x.dtype) * u).astype(x.dtype), c.params, updates
     )
+    if not evaluate:  # a hand-written step; nothing stops inside a fast segment
+        return c._replace(params=params, opt_state=opt_state)
+    loss, grad = problem.value_and_grad(params, t, problem.aux)
+    finite = jnp.isfinite(loss)
+    flag = jnp.where(running & ~finite, -(t + 1), c.flag)
+    met = _tolerance_met(loss, grad, c.loss, problem.gtol, problem.ftol)
+    if met is not None:
+        flag = jnp.where(running & finite & met, t + 1, flag)
+    return Carry(params, opt_state, loss, grad, flag)
 
 
-def _tolerance_met(loss, grad, previous_loss, gtol, ftol) -> jax.Array:
-    met = jnp.array(False)
+def _tolerance_met(loss, grad, previous_loss, gtol, ftol) -> jax.Array | None:
+    met = None
     if gtol is not None:
-        met = met | (global_norm(grad) <= gtol)
+        met = global_norm(grad) <= gtol
     if ftol is not None and previous_loss is not None:
-        met = met | (jnp.abs(loss - previous_loss) <= ftol)
+        change = jnp.abs(loss - previous_loss) <= ftol
+        met = change if met is None else met | change
     return met
 
 
-UNROLL = 4
-"""Steps per iteration of one run's compiled loop once its problem is too large to be small.
-
-XLA:CPU compiles a while loop whose body touches under 1 KiB (``SmallWhileLoopHoistingPass``)
-into one function; any other runs its body as a sequence of kernels, each with a fixed cost
-that dominates a mid-sized problem's step. Unrolling pays that sequence's own overhead once
-per ``UNROLL`` steps: measured on 1000 steps of Adam on Rosenbrock, 100-D 735 -> 490 us,
-1000-D 2.28 -> 1.66 ms. A small loop must not be unrolled: the copies push it over the 1 KiB and
-it runs 5-10x slower (2-D: 30 -> 300 us).
-"""
-
-SMALL_BYTES = 128
-"""Parameters of at least this many bytes never make a small loop (the optimiser's state and the
-gradient are as large, and each kernel of the step reads and writes them), so their loop is
-unrolled. Measured on the cheapest step there is (SGD on the sphere): 16 float32 parameters
-still make a small loop (34 us for 1000 steps; unrolled 174 us), 32 do not (481 us; unrolled
-248 us). Adam on Rastrigin is past it at 16 already."""
+def _blend(keep: jax.Array, new: jax.Array, old: jax.Array) -> jax.Array:
+    """``where(keep, new, old)`` for a per-run ``keep`` as arithmetic, ``new * k + old * (1 - k)``
+    with ``new`` zeroed where non-finite: exact, and vectorised by XLA:CPU under ``vmap``."""
+    k = keep.astype(new.dtype)
+    return jnp.where(jnp.isfinite(new), new, 0) * k + old * (1 - k)
 
 
-def _unroll(params: PyTree) -> int:
-    size = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(params))
-    return UNROLL if size >= SMALL_BYTES else 1
+def _keep_good(c: Carry, t: jax.Array, good: PyTree) -> PyTree:
+    """``c.params`` for a run running before step ``t`` or converged at step ``t - 1``, else
+    ``good``: decided from the carry alone, so the blend costs a step nothing."""
+    keep = (c.flag == 0) | (c.flag == t)
+    return jax.tree.map(lambda new, old: _blend(keep, new, old), c.params, good)
 
 
-SEGMENT_STEPS = 64
-"""Steps per segment: the loop checks for stopped runs once per segment (see :func:`run`)."""
+def tree_where(pred: jax.Array, on_true: PyTree, on_false: PyTree) -> PyTree:
+    """``jnp.where(pred, a, b)`` leaf by leaf (``pred`` broadcasts against each leaf)."""
+    return jax.tree.map(lambda a, b: jnp.where(pred, a, b), on_true, on_false)
+
+
+# --- the run -------------------------------------------------------------------------------------
+
+
+class Replay(NamedTuple):
+    """Where a run in trouble (it diverged inside a segment) is run again from: the carry at the
+    start of that segment, and the segment's first step ``t0`` (-1: no replay)."""
+
+    t0: jax.Array
+    carry: Carry
+
+
+def problem(
+    value_and_grad: ValueAndGrad,
+    tx: optax.GradientTransformation,
+    params: PyTree,
+    aux: PyTree = None,
+    gtol: Any = None,
+    ftol: Any = None,
+) -> Problem:
+    """The :class:`Problem` of a run, its tolerances in the loss's dtype."""
+    dtype = jax.eval_shape(value_and_grad, params, jnp.int32(0), aux)[0].dtype
+    cast = lambda tol: None if tol is None else jnp.asarray(tol, dtype)  # noqa: E731
+    return Problem(value_and_grad, tx, aux, cast(gtol), cast(ftol))
+
+
+def start(problem: Problem, params: PyTree, opt_state: PyTree) -> Carry:
+    """The carry before step 1: the start evaluated and checked in full."""
+    loss, grad = problem.value_and_grad(params, jnp.int32(0), problem.aux)
+    finite = jnp.isfinite(loss) & all_finite(params) & all_finite(grad)
+    flag = jnp.where(finite, 0, -1)
+    if problem.gtol is not None:
+        flag = jnp.where(finite & (global_norm(grad) <= problem.gtol), 1, flag)
+    return Carry(params, opt_state, loss, grad, flag.astype(jnp.int32))
 
 
 def run(
@@ -254,32 +390,11 @@ def run(
     ftol: float | jax.Array | None = None,
     record_params: bool = False,
     record_fn: Callable[[PyTree], PyTree] | None = None,
-    axis_name: str | None = None,
-    replay: bool = True,
-    checked: bool = False,
-) -> Run:
-    """Run ``steps`` updates of ``tx`` from ``params`` in one scanned loop.
+) -> Result:
+    """Run up to ``steps`` updates of ``tx`` from ``params``: a pure, traceable function.
 
-    Traceable: call it under ``jax.jit`` and ``jax.vmap`` (a sweep is ``vmap`` of this function).
     Arguments are checked by the public entry points (:func:`gdjax.minimize`, :func:`gdjax.fit`,
     :func:`gdjax.sweep`), not here.
-
-    One run (``axis_name=None``) takes a hand-written loop's step plus a stop flag: once a loss
-    is non-finite or a tolerance is met the later updates are dropped and the gradient source is
-    evaluated at the stop step again, so the run repeats its final state (no per-step status,
-    freeze or copies; see :func:`_masked`). A run that diverged is run again with the per-step
-    checks below, which keep its last finite state.
-
-    A batch (``vmap`` with ``axis_name``) runs in segments of about :data:`SEGMENT_STEPS` steps,
-    because per-run bookkeeping at every step costs as much as a small problem's arithmetic. A
-    segment first runs as plain updates, as a hand-written loop would, keeping only a running
-    minimum of each run's loss, which turns NaN for good once a loss is non-finite or a
-    tolerance is met. Only when that shows a run stopping inside the segment is the segment run
-    again from its start with the per-step checks, until the last stopping run has stopped, and
-    the stopping runs take that replay; a segment in which every run had already stopped is
-    skipped. The decisions are taken once for the whole batch (``lax.psum`` over
-    ``axis_name``), so the branches stay branches. All ways
-    give the same statuses, steps and frozen parameters.
 
     Args:
       value_and_grad: the gradient source, ``(params, t, aux) -> (loss, grads)``; see
@@ -288,333 +403,255 @@ def run(
       params: the start, any pytree of float arrays.
       steps: number of updates (static).
       aux: pytree handed to ``value_and_grad`` at every step.
-      opt_state: the optimiser state to start from; ``tx.init(params)`` when ``None`` (a sweep
-        passes states whose injected hyperparameters differ per config).
+      opt_state: the optimiser state to start from; ``tx.init(params)`` when ``None``.
       record_every: record every this many steps (static), at steps ``0, k, 2k, ...``; the final
         state is always recorded too.
       gtol: converged once the gradient's global norm is ``<= gtol``; ``None`` disables it.
       ftol: converged once one update changes the loss by ``<= ftol``; ``None`` disables it.
       record_params: also record the parameters (e.g. for trajectory plots).
       record_fn: ``params -> pytree of arrays`` recorded beside the loss (e.g. a test loss).
-      axis_name: the name of the enclosing ``vmap`` axis when running a batch (see above);
-        vmapping without it also works, with one run's masked loop (a diverged run's replay
-        then runs for the whole batch, as a ``cond`` under ``vmap`` does).
-      replay: one run only: replay a diverged run with the per-step checks inside the program
-        (a ``lax.cond``). With ``False`` a diverged run comes back with its status, steps and
-        ``diverged_at`` right but not its last finite state, and the caller runs it again with
-        ``checked=True`` (:func:`gdjax.minimize` and :func:`gdjax.fit` do, from the host: the
-        checked loop is then compiled only for a problem that diverges, and the first call of
-        one that does not compiles half as much).
-      checked: one run only: run it with the per-step checks from the start (what the replay
-        runs).
 
     Returns:
-      A :class:`Run`.
+      A :class:`Result`.
     """
     opt_state = tx.init(params) if opt_state is None else opt_state
-    loss, grad = value_and_grad(params, jnp.int32(0), aux)
-    dtype = jnp.result_type(loss)
-    gtol = None if gtol is None else jnp.asarray(gtol, dtype)
-    ftol = None if ftol is None else jnp.asarray(ftol, dtype)
-    finite = jnp.isfinite(loss) & all_finite(params) & all_finite(grad)
-    status = jnp.where(finite, RUNNING, DIVERGED)
-    if gtol is not None:
-        met_at_start = _tolerance_met(loss, grad, None, gtol, None)
-        status = jnp.where(finite & met_at_start, CONVERGED, status)
-    carry = _Carry(
-        params=params,
-        opt_state=opt_state,
-        loss=loss,
-        grad=grad,
-        best_loss=jnp.where(finite, loss, jnp.inf).astype(dtype),
-        status=status.astype(jnp.int32),
-        stopped_at=jnp.where(status == RUNNING, -1, 0).astype(jnp.int32),
-        t=jnp.int32(0),
-    )
+    loop = Loop(problem(value_and_grad, tx, params, aux, gtol, ftol), steps, record_every,
+                record_params, record_fn)
+    state, records = loop.scan(loop.begin(start(loop.problem, params, opt_state)))
+    return loop.finish(loop.replay(state), records)
 
-    def batch_any(flag):
-        if axis_name is None:
-            return flag
-        return lax.psum(flag.astype(jnp.int32), axis_name) > 0
 
-    def snapshot(c, settled=False):
-        loss, norm = c.loss, global_norm(c.grad)
-        if settled:
-            # A frozen carry (one run's checked steps): only a divergence needs marking.
-            diverged = c.status == DIVERGED
-            loss, norm = (jnp.where(diverged, jnp.nan, v) for v in (loss, norm))
+class Loop(NamedTuple):
+    """The static shape of a run: how its steps group into segments and records, and what each
+    part does. :func:`run` is ``begin``, ``scan``, ``replay`` and ``finish`` in a row."""
+
+    problem: Problem
+    steps: int
+    record_every: int
+    record_params: bool = False
+    record_fn: Callable | None = None
+
+    @property
+    def evaluate(self) -> bool:
+        """Whether every step evaluates the loss: a tolerance or a record every step needs it."""
+        p = self.problem
+        return p.gtol is not None or p.ftol is not None or self.record_every == 1
+
+    @property
+    def segment_steps(self) -> int:
+        """Steps per segment (a whole number of records' steps when records are that close)."""
+        return SEGMENT_STEPS if self.evaluate else FAST_SEGMENT_STEPS
+
+    @property
+    def window(self) -> int:
+        """The longest segment: what a replay runs."""
+        k, size = self.record_every, self.segment_steps
+        return min(k * (size // k) if k <= size else size, self.steps)
+
+    def begin(self, c: Carry) -> tuple[Carry, Replay]:
+        """The segment-level state: the carry and an empty :class:`Replay`."""
+        return c, Replay(jnp.full_like(c.flag, -1), c)
+
+    def snapshot(self, c: Carry, t: jax.Array, loss: jax.Array | None = None) -> tuple:
+        """One record of the carry of step ``t``: loss, gradient norm, and the parameters and
+        metrics if asked. Without ``evaluate`` the carry's loss and gradient may be stale and are
+        evaluated again."""
+        grad = c.grad
+        if loss is None:
+            loss = c.loss
+            if not self.evaluate:
+                loss, grad = self.problem.value_and_grad(c.params, t, self.problem.aux)
         return (
             loss,
-            norm,
-            c.params if record_params else None,
-            None if record_fn is None else record_fn(c.params),
+            global_norm(grad),
+            c.params if self.record_params else None,
+            None if self.record_fn is None else self.record_fn(c.params),
         )
 
-    def exact_step(c, _):
-        return _step(c, value_and_grad, tx, aux, gtol, ftol, axis_name is None), None
+    def steps_from(self, c: Carry, t0: jax.Array, n: int) -> Carry:
+        """``n`` steps after step ``t0`` (static ``n``; the step count is carried, not scanned
+        over: a per-run ``t0`` would otherwise make XLA materialise every run's step numbers)."""
 
-    def fast_step(c, _):
-        updates, opt_state = tx.update(c.grad, c.opt_state, c.params)
-        params = optax.apply_updates(c.params, updates)
-        t = c.t + 1
-        loss, grad = value_and_grad(params, t, aux)
-        # The best loss doubles as the stop flag, so the fast loop carries nothing the plain
-        # loop does not (a separate running sum cost 13% of a 4096-run 2-D sweep): a
-        # non-finite loss, or a met tolerance, turns it NaN for good (``minimum`` propagates
-        # NaN), and a replay recomputes it for the runs that stopped.
-        keep = loss < jnp.inf  # False for NaN and +inf; -inf passes and shows as non-finite
-        if gtol is not None or ftol is not None:
-            keep = keep & ~_tolerance_met(loss, grad, c.loss, gtol, ftol)
-        best_loss = jnp.minimum(c.best_loss, jnp.where(keep, loss, jnp.nan))
-        return c._replace(
-            params=params, opt_state=opt_state, loss=loss, grad=grad, best_loss=best_loss, t=t
-        ), None
+        def one(carry, _):
+            c, t = carry
+            return (step(c, t + 1, self.problem, evaluate=self.evaluate), t + 1), None
 
-    def blocks(step, state, n_blocks, k, settled=False):
-        """``n_blocks * k`` steps, a snapshot before every ``k``-th."""
+        return lax.scan(one, (c, t0), length=n)[0][0]
 
-        def block(state, _):
-            record = snapshot(state, settled)
-            if k == 1:
-                state, _ = step(state, None)
+    def blocks(self, c: Carry, t0: jax.Array, n_blocks: int, k: int) -> tuple[Carry, tuple]:
+        """``n_blocks`` blocks of ``k`` steps, each recorded at its start."""
+
+        def block(c, i):
+            record = self.snapshot(c, t0 + i * k)
+            return self.steps_from(c, t0 + i * k, k), record
+
+        return lax.scan(block, c, jnp.arange(n_blocks, dtype=jnp.int32))
+
+    def segment(self, state: tuple[Carry, Replay], t0: jax.Array, n_blocks: int, k: int,
+                record: bool) -> tuple[tuple[Carry, Replay], tuple | None]:
+        """``n_blocks * k`` steps after ``t0`` (records at block starts when ``record``), skipped
+        when no run is running; a run that diverged in it is marked for :meth:`replay`."""
+
+        def go(c0):
+            running = c0.flag == 0
+            if record:
+                c, records = self.blocks(c0, t0, n_blocks, k)
             else:
-                state, _ = lax.scan(step, state, length=k)
-            return state, record
-
-        return lax.scan(block, state, length=n_blocks)
-
-    def segment(state, n_blocks, k):
-        """``n_blocks`` records of ``k`` steps each, and whether some run stopped in them.
-
-        ``state`` is ``(carry, stops)``: ``stops`` says whether some run of the batch stopped
-        in the previous segment. A batch in which runs keep stopping (a sweep converging to a
-        tolerance, say) would replay nearly every segment, so after a segment with a stop the
-        next one runs checked straight away, until one passes without a stop.
-        """
-        c0, stops = state
-        running = c0.status == RUNNING
+                c, records = self.steps_from(c0, t0, n_blocks * k), None
+            t1 = t0 + n_blocks * k
+            if self.evaluate:
+                # diverged here, or stopped here and carried off by a non-finite update
+                trouble = running & ((c.flag < 0) | ((c.flag > 0) & ~all_finite(c.params)))
+            else:  # the segment's one check (and a current loss and gradient to go on from)
+                loss, grad = self.problem.value_and_grad(c.params, t1, self.problem.aux)
+                trouble = running & ~jnp.isfinite(loss)
+                c = c._replace(loss=loss, grad=grad, flag=jnp.where(trouble, -(t1 + 1), c.flag))
+            # Runs stopped before the segment get their parameters back: fast steps moved
+            # them, and a zeroed update can still be non-finite.
+            c = lax.cond(batch_any(~running),
+                         lambda c: c._replace(params=tree_where(running, c.params, c0.params)),
+                         lambda c: c, c)
+            return c, trouble, records
 
         def skip(c0):
-            record = jax.tree.map(lambda r: jnp.broadcast_to(r, (n_blocks, *r.shape)),
-                                  snapshot(c0))
-            return c0._replace(t=c0.t + n_blocks * k), record, jnp.array(False)
+            records = None
+            if record:  # every record of a stopped run is replaced by its final state
+                records = jax.tree.map(lambda r: jnp.zeros((n_blocks, *r.shape), r.dtype),
+                                       jax.eval_shape(self.snapshot, c0, t0))
+            return c0, jnp.zeros_like(c0.flag, jnp.bool_), records
 
-        def exact(c0):
-            c, records = blocks(exact_step, c0, n_blocks, k)
-            return c, records, batch_any(running & (c.status != RUNNING))
-
-        def fast_then_replay(c0):
-            c, records = blocks(fast_step, c0, n_blocks, k)
-            stopping = running & ~jnp.isfinite(c.best_loss)
-            # A run stopped before the segment keeps its parameters (its state may move on).
-            c = c._replace(params=_select(running, c.params, c0.params),
-                           best_loss=jnp.where(running, c.best_loss, c0.best_loss))
-
-            def replay(c):
-                # Checked steps from the segment's start until the last stopping run has
-                # stopped (the rest of the segment would change none of what is merged).
-                def unfinished(r):
-                    return (r.t < c.t) & batch_any(stopping & (r.status == RUNNING))
-
-                replayed = lax.while_loop(unfinished, lambda r: exact_step(r, None)[0], c0)
-                # Only what differs per run is merged: the step count and the optimiser state
-                # stay the fast path's (uniform across a batch, so e.g. Adam's bias correction
-                # stays one scalar, not one per run; a stopped run's state is unused).
-                merged = _select(stopping, _Frozen.of(replayed), _Frozen.of(c))
-                return c._replace(**merged._asdict())
-
-            # The records stay the fast path's: up to a run's stop they are the replay's too,
-            # and after it the end of the run overwrites them with its final state.
-            any_stopping = batch_any(stopping)
-            return lax.cond(any_stopping, replay, lambda c: c, c), records, any_stopping
-
-        if axis_name is None:
-            # One run replaying a divergence: checked steps, whose frozen carry gives the
-            # records after the stop as they should read.
-            c, records = blocks(exact_step, c0, n_blocks, k, settled=True)
-            return (c, stops), records
-        branch = jnp.where(batch_any(running), jnp.where(stops, 1, 2), 0)
-        c, records, stops = lax.switch(branch, (skip, exact, fast_then_replay), c0)
-        return (c, stops), records
-
-    def segments(carry):
-        """The whole run in segments; returns the last carry and the records, in parts."""
-        n_records, tail = divmod(steps, record_every)
-        # One run is one segment; a batch checks in segments of about SEGMENT_STEPS steps.
-        per_segment = max(1, n_records if axis_name is None else SEGMENT_STEPS // record_every)
-        n_segments, rest = divmod(n_records, per_segment)
-        state = (carry, jnp.array(False))
-        parts = []
-        if n_segments == 1:
-            state, records = segment(state, per_segment, record_every)
-            parts.append(records)
-        elif n_segments:
-            state, records = lax.scan(
-                lambda s, _: segment(s, per_segment, record_every), state, length=n_segments
+        def segment(state):
+            c0, saved = state
+            # The segment's start is an operand of the branch only, not the saved state: an
+            # XLA conditional copies its operands.
+            c, trouble, records = lax.cond(batch_any(c0.flag == 0), go, skip, c0)
+            saved = lax.cond(
+                batch_any(trouble),
+                lambda saved: Replay(jnp.where(trouble, t0, saved.t0),
+                                     tree_where(trouble, c0, saved.carry)),
+                lambda saved: saved, saved,
             )
-            parts.append(jax.tree.map(lambda r: r.reshape(-1, *r.shape[2:]), records))
+            return (c, saved), records
+
+        # Differentiating keeps each segment's start and recomputes the segment on the way back.
+        return jax.checkpoint(segment, prevent_cse=False)(state)
+
+    def scan(self, state: tuple[Carry, Replay]) -> tuple[tuple[Carry, Replay], tuple | None]:
+        """Every step of the run: the last state and the records at steps ``0, k, 2k, ...``
+        (without the final one)."""
+        k = self.record_every
+        n_blocks, tail = divmod(self.steps, k)
+        parts = []
+        if k <= self.segment_steps:  # segments of whole blocks, records inside
+            per = self.segment_steps // k
+            n_segments, rest = divmod(n_blocks, per)
+            if n_segments:
+                state, records = lax.scan(
+                    lambda s, i: self.segment(s, i * (per * k), per, k, True), state,
+                    jnp.arange(n_segments, dtype=jnp.int32),
+                )
+                parts.append(jax.tree.map(lambda r: r.reshape(-1, *r.shape[2:]), records))
+            if rest:
+                state, records = self.segment(state, jnp.int32(n_segments * per * k), rest, k,
+                                              True)
+                parts.append(records)
+        elif n_blocks:  # blocks of several segments, a record at each block's start
+
+            def block(state, i):
+                return self.advance(state, i * k, k), self.snapshot(state[0], i * k)
+
+            state, records = lax.scan(block, state, jnp.arange(n_blocks, dtype=jnp.int32))
+            parts.append(records)
+        if tail:  # recorded at its start like a block
+            t0 = jnp.int32(n_blocks * k)
+            parts.append(jax.tree.map(lambda r: r[None], self.snapshot(state[0], t0)))
+            state = self.advance(state, t0, tail)
+        if not parts:
+            return state, None
+        return state, jax.tree.map(lambda *rs: jnp.concatenate(rs), *parts)
+
+    def advance(self, state: tuple[Carry, Replay], t0: jax.Array, n: int) -> tuple:
+        """``n`` steps after ``t0`` in segments, without records."""
+        size = min(n, self.segment_steps)
+        count, rest = divmod(n, size)
+        if count:
+            state, _ = lax.scan(
+                lambda s, i: (self.segment(s, t0 + i * size, 1, size, False)[0], None), state,
+                jnp.arange(count, dtype=jnp.int32),
+            )
         if rest:
-            state, records = segment(state, rest, record_every)
-            parts.append(records)
-        if tail:
-            state, records = segment(state, 1, tail)
-            parts.append(records)
-        return state[0], parts
+            state, _ = self.segment(state, t0 + count * size, 1, rest, False)
+        return state
 
-    if axis_name is None:
+    def replay(self, state: tuple[Carry, Replay]) -> Carry:
+        """The runs marked in trouble, run again from their segment's start, exactly."""
+        c, saved = state
+        marked = saved.t0 >= 0
+        return lax.cond(batch_any(marked), lambda c: self.redo(saved, c, marked),
+                        lambda c: c, c)
 
-        def checked_loop(carry):
-            carry, parts = segments(carry)
-            parts.append(jax.tree.map(lambda r: r[None], snapshot(carry, settled=True)))
-            return carry, jax.tree.map(lambda *rs: jnp.concatenate(rs), *parts)
+    def redo(self, saved: Replay, c: Carry, marked: jax.Array) -> Carry:
+        """:meth:`replay`'s work. Every run given runs its window again with evaluated steps,
+        keeping the last parameters it held while running (or at the step it converged): a
+        diverged run ends at its last finite state, a stopped one is not carried off by a
+        non-finite update. The ``marked`` runs take the result."""
+        t0 = jnp.maximum(saved.t0, 0)
 
-        if checked:
-            carry, records = checked_loop(carry)
+        def one(carry, _):
+            c, good, t = carry
+            good = _keep_good(c, t + 1, good)
+            c = step(c, t + 1, self.problem, evaluate=True)
+            return (c, good, t + 1), None
+
+        start = saved.carry._replace(flag=jnp.zeros_like(c.flag))
+        (r, good, t), _ = lax.scan(one, (start, start.params, t0), length=self.window)
+        good = _keep_good(r, t + 1, good)
+        # A replay that met no stop (its arithmetic took another way than the fast steps', a
+        # hair's breadth from overflow) keeps its finite end state, diverged at its window's end.
+        flag = jnp.where(r.flag == 0, -(t + 1), r.flag)
+        return c._replace(**tree_where(
+            marked, {"params": good, "flag": flag}, {"params": c.params, "flag": c.flag}
+        ))
+
+    def finish(self, c: Carry, records: tuple | None) -> Result:
+        """The :class:`Result` of the last carry: statuses, the final state, settled records."""
+        steps = self.steps
+        flag = c.flag
+        status = jnp.where(flag == 0, Status.MAX_STEPS,
+                           jnp.where(flag > 0, Status.CONVERGED, Status.DIVERGED))
+        status = status.astype(jnp.int32)
+        diverged = status == Status.DIVERGED
+        stop = jnp.abs(flag) - 1  # the step the run stopped at
+        n_steps = jnp.where(flag == 0, steps, jnp.maximum(stop - diverged, 0)).astype(jnp.int32)
+        # The final state, evaluated once more: the parameters are exact, but the carry's loss
+        # and gradient may be stale or belong to a later step.
+        loss, grad = self.problem.value_and_grad(c.params, n_steps, self.problem.aux)
+        final = self.snapshot(Carry(c.params, None, loss, grad, flag), n_steps, loss)
+        nan = lambda v: jnp.where(diverged, jnp.nan, v)  # noqa: E731
+        final_record = (nan(final[0]), nan(final[1]), *final[2:])
+        at = record_steps(steps, self.record_every)
+        if records is None:
+            history = jax.tree.map(lambda f: f[None], final_record)
         else:
-            carry, records = _masked(carry, value_and_grad, tx, aux, steps, record_every, gtol,
-                                     ftol, snapshot, checked_loop if replay else None)
-    else:
-        carry, parts = segments(carry)
+            after = (flag != 0) & (jnp.asarray(at[:-1]) >= stop)
 
-    status = jnp.where(carry.status == RUNNING, MAX_STEPS, carry.status).astype(jnp.int32)
-    # Updates applied: all of them, or up to the stop (a diverged run's last update is rejected).
-    diverged = status == DIVERGED
-    n_steps = jnp.where(status == MAX_STEPS, steps, carry.stopped_at - diverged).astype(jnp.int32)
-    n_steps = jnp.maximum(n_steps, 0)
-    at = jnp.asarray(record_steps(steps, record_every))
-    if axis_name is None:
-        # One run's carry is frozen at its stop and its records are settled already (settling
-        # them here instead made XLA:CPU's last fusion cost as much as a 1000-step 2-D run).
-        loss, grad = carry.loss, carry.grad
-        history = History(at, *records)
-    else:
-        # A batch's fast steps leave the values of the updates after a stop in the carry:
-        # evaluate the frozen parameters once more, at the step they were frozen at (the
-        # mini-batch of a ``fit`` depends on it; one run's frozen carry holds that step's
-        # values), and settle the records after the stop.
-        t_final = jnp.where(status == MAX_STEPS, carry.t, carry.stopped_at - diverged)
-        loss, grad = value_and_grad(carry.params, jnp.maximum(t_final, 0), aux)
-        final = snapshot(carry._replace(loss=loss, grad=grad))
-        parts.append(jax.tree.map(lambda r: r[None], final))
-        records = jax.tree.map(lambda *rs: jnp.concatenate(rs), *parts)
-        # After the stop the records repeat the final state; a diverged run's loss and
-        # gradient norm read NaN from the step it diverged at. NaN is chosen once per run: a
-        # record-wise ``where(after & diverged, nan, ...)`` cost ~50 us more in XLA:CPU.
-        after = (status != MAX_STEPS) & (at > carry.stopped_at - diverged)
+            def settle(r, f):
+                return jnp.concatenate([
+                    jnp.where(after.reshape(-1, *([1] * f.ndim)), f, r), f[None]
+                ])
 
-        def hold(r, f):
-            return jnp.where(after.reshape(-1, *([1] * f.ndim)), f, r)
-
-        nan_if_diverged = lambda f: jnp.where(diverged, jnp.nan, f)  # noqa: E731
-        history = History(
-            at,
-            hold(records[0], nan_if_diverged(final[0])),
-            hold(records[1], nan_if_diverged(final[1])),
-            *(None if r is None else jax.tree.map(hold, r, f)
-              for r, f in zip(records[2:], final[2:], strict=True)),
+            history = jax.tree.map(settle, records, final_record)
+        best = jnp.min(jnp.where(jnp.isnan(history[0]), jnp.inf, history[0]))
+        return Result(
+            params=c.params,
+            loss=loss,
+            best_loss=best,
+            grad_norm=final[1],
+            status=status,
+            steps=n_steps,
+            diverged_at=jnp.where(diverged, stop, -1).astype(jnp.int32),
+            history=History(jnp.asarray(at), *history),
         )
-    return Run(
-        params=carry.params,
-        loss=loss,
-        grad_norm=global_norm(grad),
-        best_loss=carry.best_loss,
-        status=status,
-        steps=n_steps,
-        diverged_at=jnp.where(diverged, carry.stopped_at, -1).astype(jnp.int32),
-        history=history,
-        opt_state=carry.opt_state,
-    )
-
-
-class _Loop(NamedTuple):
-    """The carry of :func:`_masked`: a hand-written loop's, plus a best loss and a stop step."""
-
-    params: PyTree
-    opt_state: PyTree
-    loss: jax.Array
-    grad: PyTree
-    best_loss: jax.Array
-    stopped_at: jax.Array  # -1 while running: every loss finite so far and no tolerance met
-    t: jax.Array
-
-
-def _masked(c0, value_and_grad, tx, aux, steps, record_every, gtol, ftol, snapshot, checked):
-    """One run as a hand-written loop runs it, plus a stop flag; ``checked`` if it diverged.
-
-    Each step is the plain update and evaluation; a flag ``go`` then turns false for good once
-    the loss is non-finite or a tolerance is met. Later updates are dropped (a select after the
-    add, in the same fused loop, not another pass over the parameters) and the source is
-    evaluated at the stop step again, so a stopped run repeats its stop's parameters, loss and
-    gradient (``fit``'s mini-batch included) and its later records need no settling. The
-    checked loop's per-step status, frozen copies and selects cost ~25% more kernels a step
-    (profiled at 1000-D: 25 against a hand-written loop's 17) and made XLA copy the carried
-    gradient every step.
-
-    A diverged run is the exception: its last finite state is gone (its parameters were
-    updated before its loss was seen), so it is run again from ``c0`` by ``checked``, the
-    per-step checked loop, which freezes it there (or by the caller, when ``checked`` is
-    ``None``). Diverging single runs cost twice. (Running
-    this loop again instead, stopped one step before the divergence, in the ``cond`` or in a
-    ``while_loop`` of passes, compiled to a program that XLA:CPU dispatched kernel by kernel:
-    2-3x slower on a 2-D problem.)
-    """
-    k = record_every
-    unroll = _unroll(c0.params)
-
-    def step(s, _):
-        go = s.stopped_at < 0
-        updates, opt_state = tx.update(s.grad, s.opt_state, s.params)
-        # A stopped run keeps its parameters (the select sits in the same fused loop as the
-        # add: ``go`` is known before the step) and its source is evaluated at its stop step
-        # again, so it repeats its stop's values. Selecting after the add, not masking the
-        # update, keeps the add as a batch computes it (rounding included: a masked update
-        # broke XLA's multiply-add contraction and moved a borderline ``ftol`` stop by a step).
-        params = _select(go, optax.apply_updates(s.params, updates), s.params)
-        t = s.t + 1
-        loss, grad = value_and_grad(params, jnp.where(go, t, s.stopped_at), aux)
-        ok = jnp.isfinite(loss)
-        if gtol is not None or ftol is not None:
-            ok = ok & ~_tolerance_met(loss, grad, s.loss, gtol, ftol)
-        # Every op here is a kernel a step: one flag, the stop step, says it all.
-        stopped_at = jnp.where(go & ~ok, t, s.stopped_at)
-        return _Loop(params, opt_state, loss, grad, jnp.minimum(s.best_loss, loss),
-                     stopped_at, t), None
-
-    def snap(s):
-        return snapshot(c0._replace(params=s.params, loss=s.loss, grad=s.grad))
-
-    def block(s, _):
-        # Recorded after the steps: recording the gradient the next update reads made XLA
-        # copy that gradient every step.
-        s, _ = step(s, None) if k == 1 else lax.scan(step, s, length=k, unroll=unroll)
-        return s, snap(s)
-
-    s = _Loop(c0.params, c0.opt_state, c0.loss, c0.grad, c0.best_loss, c0.stopped_at, c0.t)
-    parts = [jax.tree.map(lambda r: r[None], snap(s))]
-    n_blocks, tail = divmod(steps, k)
-    if n_blocks:
-        s, records = lax.scan(block, s, length=n_blocks, unroll=unroll if k == 1 else 1)
-        parts.append(records)
-    if tail:
-        s, _ = lax.scan(step, s, length=tail, unroll=unroll)
-        parts.append(jax.tree.map(lambda r: r[None], snap(s)))
-    records = jax.tree.map(lambda *rs: jnp.concatenate(rs), *parts)
-    stopped = jnp.where(jnp.isfinite(s.loss), CONVERGED, DIVERGED)
-    status = jnp.where(s.stopped_at < 0, RUNNING,
-                       jnp.where(s.stopped_at == 0, c0.status, stopped))
-    carry = _Carry(
-        params=s.params,
-        opt_state=s.opt_state,
-        loss=s.loss,
-        grad=s.grad,
-        best_loss=s.best_loss,
-        status=status.astype(jnp.int32),
-        stopped_at=s.stopped_at,
-        t=s.t,
-    )
-    if checked is None:
-        return carry, records
-    return lax.cond(status == DIVERGED, lambda: checked(c0), lambda: (carry, records))
 
 
 @functools.lru_cache(maxsize=256)
@@ -626,11 +663,3 @@ def record_steps(steps: int, record_every: int) -> np.ndarray:
     at = np.append(np.arange(0, steps, record_every), steps).astype(np.int32)
     at.flags.writeable = False
     return at
-
-
-def status_names(codes: Any) -> np.ndarray:
-    """The readable status (``"converged"``, ``"max_steps"``, ``"diverged"``) of int codes."""
-    return _STATUS_ARRAY[np.asarray(codes)]
-
-
-_STATUS_ARRAY = np.asarray(STATUS_NAMES)

@@ -30,15 +30,63 @@ def positive_int(name: str, value: Any) -> int:
     return int(value)
 
 
-def optional_tolerance(name: str, value: Any) -> float | None:
-    """``None``, or a finite non-negative float."""
+def flag(name: str, value: Any) -> bool:
+    """``value`` if it is a bool, else ``TypeError``."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be True or False, got {name}={value!r}")
+    return bool(value)
+
+
+def optional_tolerance(name: str, value: Any) -> Any:
+    """``None``, a finite non-negative float, or a traced scalar (checked when concrete)."""
     if value is None:
         return None
+    if isinstance(value, jax.core.Tracer):
+        if value.shape != () or not jnp.issubdtype(value.dtype, jnp.floating):
+            raise TypeError(f"{name} must be a real scalar, got a traced {value.dtype} "
+                            f"array of shape {value.shape}")
+        return value
+    if isinstance(value, (jax.Array, np.ndarray)) and value.shape == ():
+        value = value.item()
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name} must be a real number or None, got {name}={value!r}")
     if not math.isfinite(value) or value < 0:
         raise ValueError(f"{name} must be finite and >= 0, got {name}={value!r}")
     return float(value)
+
+
+class static:  # noqa: N801 (a wrapper read like a function call)
+    """A callable as a ``jax.jit`` static argument: its own hash and equality when it has them
+    (functions, ``functools.partial`` of them), identity otherwise (an unhashable callable)."""
+
+    __slots__ = ("key", "value")
+
+    def __init__(self, value: Any):
+        self.value = value
+        try:
+            hash(value)
+            self.key = value
+        except TypeError:
+            self.key = _Identity(value)
+
+    def __hash__(self) -> int:
+        return hash(self.key)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, static) and self.key == other.key
+
+
+class _Identity:
+    __slots__ = ("obj",)
+
+    def __init__(self, obj: Any):
+        self.obj = obj
+
+    def __hash__(self) -> int:
+        return id(self.obj)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _Identity) and other.obj is self.obj
 
 
 def float_params(name: str, tree: PyTree, *, keep_numpy: bool = False) -> PyTree:

@@ -113,45 +113,28 @@ def prepare(
     For a name, the transformation is cached per name (and per schedule object), so repeated calls
     with new numeric values reuse one compiled program: the values travel in the optimiser state
     (:func:`init_state`). A user's transformation is used as it is; numeric hyperparameters are
-    then set in its state, which must come from ``optax.inject_hyperparams``.
+    then set in its state, which must come from ``optax.inject_hyperparams``. Values may be
+    traced (``jax.vmap`` or ``jax.grad`` over a learning rate); their ranges are checked when
+    they are concrete.
 
     Returns:
       ``(tx, numbers)``: a hashable transformation (a static argument of ``jax.jit``) and the
       numeric hyperparameters to place in its state.
     """
+    for k, v in hyperparameters.items():
+        if v is not None and not callable(v) and np.ndim(v) != 0:
+            raise ValueError(
+                f"{k} must be a scalar (one value for every coordinate), got an array of shape "
+                f"{np.shape(v)}: {k}={v!r}; to try several values, use jax.vmap or gdjax.sweep"
+            )
     if isinstance(opt, str):
-        if all(type(v) is float or v is None for v in hyperparameters.values()):
-            # plain numbers: checked once per distinct call (a hot loop calls with the same)
-            tx, numbers = _prepared(opt, tuple(sorted(hyperparameters.items())))
-            return tx, dict(numbers)
         return _prepare_named(opt, hyperparameters)
     if not isinstance(opt, optax.GradientTransformation):
         raise TypeError(
             "optimizer must be a name or an optax.GradientTransformation, got "
             f"optimizer={opt!r} of type {type(opt).__name__}"
         )
-    return opt, dict(hyperparameters)
-
-
-def as_vector(numbers: Mapping[str, Any]) -> tuple[tuple[str, ...], Any]:
-    """``(names, values)``: concrete hyperparameters as one vector.
-
-    One jit argument instead of one per hyperparameter: each argument costs dispatch time.
-    Plain floats give a device array cached per value (a host array is copied to the device
-    at every call, ~7 us: a tenth of a 1000-step 2-D run); other values a float64 NumPy vector.
-    ``init_state`` casts each value to the dtype of its slot in the optimiser state.
-    """
-    names = tuple(sorted(numbers))
-    values = tuple(numbers[k] for k in names)
-    if all(type(v) is float for v in values):
-        return names, _on_device(values, jax.config.jax_enable_x64)
-    return names, np.array(values, dtype=np.float64)
-
-
-@functools.lru_cache(maxsize=1024)
-def _on_device(values: tuple[float, ...], x64: bool) -> jax.Array:
-    # x64 in the key: the same numbers are float32 outside ``jax.enable_x64`` and float64 in it
-    return jnp.asarray(np.array(values, dtype=np.float64))
+    return opt, {k: v for k, v in hyperparameters.items() if v is not None}
 
 
 def init_state(tx: optax.GradientTransformation, params: Any, numbers: Mapping[str, Any]) -> Any:
@@ -217,10 +200,8 @@ def _checked(name: str, hyperparameters: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _is_concrete_scalar(v: Any) -> bool:
-    if isinstance(v, (int, float)):  # the common case, without jnp's argument checks
-        return True
     try:
-        return jnp.ndim(v) == 0 and not isinstance(v, jax.core.Tracer)
+        return np.ndim(v) == 0 and not isinstance(v, jax.core.Tracer)
     except TypeError:
         return False
 
@@ -242,22 +223,15 @@ def _prepare_named(
     hyperparameters = _checked(name, hyperparameters)
     schedules = {k: v for k, v in hyperparameters.items() if callable(v)}
     # Only the hyperparameters a call names travel as values; the defaults stay constants of
-    # the transformation's state, which XLA folds: Adam's bias correction with traced betas is
-    # a pow per step, 66 us of a 120 us 1000-step 2-D run. A call naming another set of
-    # hyperparameters compiles once more; new values of the same set never do.
+    # the transformation's state, which XLA folds (Adam's bias correction with traced betas is
+    # a power per step). Naming another set of hyperparameters compiles once more; new values
+    # of the same set never do.
     numbers = {
         k: float(v) if _is_concrete_scalar(v) else v
         for k, v in hyperparameters.items()
-        if k not in schedules
+        if k not in schedules and v is not None
     }
     return _cached(name, tuple(sorted(schedules.items(), key=lambda kv: kv[0]))), numbers
-
-
-@functools.lru_cache(maxsize=1024)
-def _prepared(name: str, items: tuple) -> tuple[optax.GradientTransformation, tuple]:
-    """:func:`_prepare_named` of plain numbers, cached (the numbers as a hashable tuple)."""
-    tx, numbers = _prepare_named(name, dict(items))
-    return tx, tuple(numbers.items())
 
 
 @functools.lru_cache(maxsize=256)

@@ -31,6 +31,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from gdjax.results import StatusArray
+
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
@@ -530,7 +532,7 @@ def _spans_decades(z: np.ndarray) -> bool:
 def _status(status: Any, n: int) -> np.ndarray:
     if status is None:
         return np.full(n, "max_steps")
-    status = np.asarray(status).astype(str).reshape(-1)
+    status = np.asarray(StatusArray.of(np.asarray(status).reshape(-1)).names())
     if status.shape[0] != n:
         raise ValueError(f"status must have one entry per config ({n}), got {status.shape[0]}")
     return status

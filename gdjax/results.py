@@ -12,14 +12,14 @@ Example:
   >>> res = R.SweepResult(
   ...     grid={"learning_rate": np.array([0.1, 1.5])},
   ...     params=np.array([[1e-6], [3.0]], np.float32),
-  ...     final_loss=np.array([5e-13, 4.5], np.float32),
+  ...     loss=np.array([5e-13, 4.5], np.float32),
   ...     best_loss=np.array([5e-13, 0.5], np.float32),
-  ...     grad_norm=np.array([1e-6, 3.0], np.float32), status=np.array(["converged", "diverged"]),
+  ...     grad_norm=np.array([1e-6, 3.0], np.float32), status=["converged", "diverged"],
   ...     steps=np.array([40, 12]), diverged_at=np.array([-1, 13]))
   >>> res.counts()
   {'converged': 1, 'max_steps': 0, 'diverged': 1}
-  >>> res.best().index, res.config(1)
-  (0, {'learning_rate': 1.5})
+  >>> res.best().index, res.config(1), res.status == "diverged"
+  (0, {'learning_rate': 1.5}, array([False,  True]))
 """
 
 from __future__ import annotations
@@ -36,14 +36,82 @@ import jax
 import numpy as np
 from rich.table import Table
 
-from gdjax.engine import STATUS_NAMES, History
+from gdjax.engine import History, Result, Status
 
 PyTree = Any
 
-STATUSES = STATUS_NAMES[1:]
+STATUSES = tuple(str(s) for s in Status)
 """The statuses a finished config can have: ``converged``, ``max_steps``, ``diverged``."""
 
-_SCALARS = ("final_loss", "best_loss", "grad_norm", "status", "steps", "diverged_at")
+_SCALARS = ("loss", "best_loss", "grad_norm", "status", "steps", "diverged_at")
+
+
+class StatusArray(np.ndarray):
+    """The int8 codes of :class:`gdjax.Status`, one per config, that also compare with names.
+
+    ``res.status == "diverged"`` and ``res.status == gdjax.Status.DIVERGED`` give the same bool
+    array (a plain ``ndarray``); :meth:`names` gives the names; ``tolist()`` gives
+    :class:`Status` members, which compare equal to their names too.
+
+    Example:
+      >>> s = StatusArray.of(["converged", "diverged", "max_steps"])
+      >>> s == "diverged", s.names().tolist(), s.tolist() == ["converged", "diverged", "max_steps"]
+      (array([False,  True, False]), ['converged', 'diverged', 'max_steps'], True)
+    """
+
+    @classmethod
+    def of(cls, values: Any) -> StatusArray:
+        """Codes from codes, names or :class:`Status` members (checked)."""
+        a = np.asarray(values)
+        if a.dtype.kind in "US":
+            lookup = {str(s): int(s) for s in Status}
+            try:
+                a = np.vectorize(lambda v: lookup[str(v)], otypes=[np.int8])(a)
+            except KeyError as e:
+                raise ValueError(
+                    f"status must hold the names {list(lookup)}, got {e.args[0]!r}"
+                ) from None
+        elif a.dtype.kind not in "iu" and a.size:
+            raise TypeError(f"status must hold Status codes or names, got dtype {a.dtype}")
+        a = a.astype(np.int8)
+        bad = a[(a < min(Status)) | (a > max(Status))]
+        if bad.size:
+            raise ValueError(f"status codes must be in 1-3 (Status), got {int(bad[0])}")
+        return a.view(cls)
+
+    def __getitem__(self, key: Any) -> Any:
+        out = super().__getitem__(key)
+        return Status(int(out)) if np.ndim(out) == 0 else out
+
+    def names(self) -> np.ndarray:
+        """The status names as a str array."""
+        return np.asarray(STATUSES)[np.asarray(self) - 1]
+
+    def tolist(self) -> Any:
+        return [Status(v) for v in np.asarray(self).tolist()] if self.ndim == 1 else \
+            np.asarray(self).tolist()
+
+    def __eq__(self, other: Any) -> Any:
+        return np.asarray(self) == _code(other)
+
+    def __ne__(self, other: Any) -> Any:
+        return np.asarray(self) != _code(other)
+
+    __hash__ = None
+
+    def __repr__(self) -> str:
+        return f"StatusArray({self.names().tolist()})"
+
+    def __str__(self) -> str:
+        return str(self.names())
+
+
+def _code(value: Any) -> Any:
+    if isinstance(value, str):
+        return int(Status.of(value))
+    if isinstance(value, StatusArray):
+        return np.asarray(value)
+    return value
 _FORMAT = "gdjax.SweepResult"
 
 
@@ -73,10 +141,11 @@ class SweepResult:
         Randomly drawn axes hold the values drawn.
       params: final parameters, a pytree with a leading config axis (the last finite ones for a
         diverged config).
-      final_loss: loss at ``params`` (for ``fit``-style sweeps the mean loss over the whole data).
-      best_loss: smallest loss seen along the run (the mini-batch loss for ``fit``-style sweeps).
+      loss: loss at ``params`` (for ``fit``-style sweeps the mean loss over the whole data).
+      best_loss: smallest loss in the history (mini-batch losses for ``fit``-style sweeps).
       grad_norm: gradient norm at ``params``.
-      status: str per config: ``"converged"``, ``"max_steps"`` or ``"diverged"``.
+      status: a :class:`StatusArray` of :class:`gdjax.Status` codes, which also compares with
+        the names ``"converged"``, ``"max_steps"`` and ``"diverged"``.
       steps: updates applied.
       diverged_at: the step whose update produced a non-finite value, or -1.
       history: the decimated :class:`gdjax.engine.History`, every field with a leading config axis
@@ -86,16 +155,20 @@ class SweepResult:
 
     grid: dict[str, Any]
     params: PyTree
-    final_loss: np.ndarray
+    loss: np.ndarray
     best_loss: np.ndarray
     grad_norm: np.ndarray
-    status: np.ndarray
+    status: StatusArray
     steps: np.ndarray
     diverged_at: np.ndarray
     history: History | None = None
 
+    def __post_init__(self) -> None:
+        if not isinstance(self.status, StatusArray):
+            object.__setattr__(self, "status", StatusArray.of(self.status))
+
     def __len__(self) -> int:
-        return int(np.shape(self.final_loss)[0])
+        return int(np.shape(self.loss)[0])
 
     def config(self, i: int) -> dict[str, Any]:
         """The grid values of config ``i``: Python scalars, and arrays (a pytree) for ``x0``.
@@ -112,6 +185,22 @@ class SweepResult:
                 out[name] = np.asarray(values)[i].item()
         return out
 
+    def result(self, i: int) -> Result:
+        """Config ``i`` as the record :func:`gdjax.minimize` returns (``status`` a
+        :class:`gdjax.Status`; ``history`` ``None`` when read back from CSV).
+
+        Raises:
+          IndexError: ``i`` is not a config index.
+        """
+        i = self._index(i)
+        take = lambda tree: jax.tree.map(lambda a: np.asarray(a)[i], tree)  # noqa: E731
+        return Result(
+            params=take(self.params), loss=self.loss[i], best_loss=self.best_loss[i],
+            grad_norm=self.grad_norm[i], status=self.status[i], steps=self.steps[i],
+            diverged_at=self.diverged_at[i],
+            history=None if self.history is None else take(self.history),
+        )
+
     def counts(self) -> dict[str, int]:
         """How many configs ended with each status, every status listed (zeros included)."""
         return {s: int(np.count_nonzero(self.status == s)) for s in STATUSES}
@@ -122,16 +211,16 @@ class SweepResult:
         Raises:
           ValueError: every config diverged or ended with a non-finite loss.
         """
-        ok = (self.status != "diverged") & np.isfinite(self.final_loss)
+        ok = (self.status != "diverged") & np.isfinite(self.loss)
         if not ok.any():
             raise ValueError(
                 f"no config has a finite final loss without diverging (counts: {self.counts()})"
             )
-        i = int(np.flatnonzero(ok)[np.argmin(self.final_loss[ok])])
+        i = int(np.flatnonzero(ok)[np.argmin(self.loss[ok])])
         return Best(
             index=i,
             config=self.config(i),
-            loss=float(self.final_loss[i]),
+            loss=float(self.loss[i]),
             params=jax.tree.map(lambda a: np.asarray(a[i]), self.params),
         )
 
@@ -150,7 +239,7 @@ class SweepResult:
         else:
             if isinstance(top, bool) or not isinstance(top, int) or top < 1:
                 raise ValueError(f"top must be a positive integer or None, got top={top!r}")
-            key = np.where(self.status == "diverged", np.inf, self.final_loss.astype(float))
+            key = np.where(self.status == "diverged", np.inf, self.loss.astype(float))
             order = np.lexsort((np.arange(len(self)), np.nan_to_num(key, nan=np.inf)))[:top]
         title = f"sweep: {len(self)} configs, " + ", ".join(
             f"{n} {s}" for s, n in self.counts().items()
@@ -166,8 +255,8 @@ class SweepResult:
             cells = [str(int(i))] + [_cell(config[name]) for name in self.grid]
             diverged = int(self.diverged_at[i])
             cells += [
-                str(self.status[i]),
-                f"{float(self.final_loss[i]):.6g}",
+                str(Status(int(self.status[i]))),
+                f"{float(self.loss[i]):.6g}",
                 f"{float(self.best_loss[i]):.6g}",
                 str(int(self.steps[i])),
                 "" if diverged < 0 else str(diverged),
@@ -182,14 +271,14 @@ class SweepResult:
             best = self.best()
         except ValueError:
             return text + ")"
-        return text + f"; best final_loss={best.loss:.6g} at config {best.index})"
+        return text + f"; best loss={best.loss:.6g} at config {best.index})"
 
     # --- files ---------------------------------------------------------------------------------
 
     def to_csv(self, path: str | os.PathLike) -> None:
         """Write one row per config: grid values, outcomes and final parameters.
 
-        Columns: ``config``, the grid axes, ``status``, ``final_loss``, ``best_loss``,
+        Columns: ``config``, the grid axes, ``status`` (by name), ``loss``, ``best_loss``,
         ``grad_norm``, ``steps``, ``diverged_at``, then the parameters. An array-valued leaf is
         spread over one column per element, named ``<leaf>:<i>`` (``x0:0``, ``x0:1``,
         ``params['w']:0:1``...). Floats are written with ``repr`` of their exact value, so
@@ -200,7 +289,8 @@ class SweepResult:
         for name, values in self.grid.items():
             columns.update(_spread(name, values))
         for name in _SCALARS:
-            columns[name] = np.asarray(getattr(self, name))
+            columns[name] = self.status.names() if name == "status" else np.asarray(
+                getattr(self, name))
         columns.update(_spread("params", self.params))
         with open(path, "w", newline="") as fh:
             writer = csv.writer(fh)
@@ -240,10 +330,10 @@ class SweepResult:
         return cls(
             grid=grid,
             params=_gather(leaves.get("params", {}), len(body)),
-            final_loss=_parse_column(plain["final_loss"]),
+            loss=_parse_column(plain["loss"]),
             best_loss=_parse_column(plain["best_loss"]),
             grad_norm=_parse_column(plain["grad_norm"]),
-            status=np.asarray(plain["status"], dtype=str),
+            status=StatusArray.of(np.asarray(plain["status"], dtype=str)),
             steps=_parse_column(plain["steps"]),
             diverged_at=_parse_column(plain["diverged_at"]),
         )
@@ -260,10 +350,11 @@ class SweepResult:
         """
         doc = {
             "format": _FORMAT,
-            "version": 1,
+            "version": 2,
             "grid": {name: _encode(values) for name, values in self.grid.items()},
             "params": _encode(self.params),
-            **{name: _encode(getattr(self, name)) for name in _SCALARS},
+            **{name: _encode(self.status.names() if name == "status" else getattr(self, name))
+               for name in _SCALARS},
             "history": None
             if self.history is None
             else {f: _encode(getattr(self.history, f)) for f in History._fields},

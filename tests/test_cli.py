@@ -198,7 +198,7 @@ def test_demo_reproduces_the_seed_and_writes_its_files(demo):
     assert summary["seed"][0]["x"] == "[-6.11110793e-10  8.14814391e-10]"
     race = {r["optimizer"]: r for r in summary["race"]}
     assert list(race) == ["sgd", "momentum", "nesterov", "adagrad", "rmsprop", "adam"]
-    assert race["adam"]["final_loss"] < 1e-6 and race["momentum"]["final_loss"] < 1e-6
+    assert race["adam"]["loss"] < 1e-6 and race["momentum"]["loss"] < 1e-6
     assert summary["lr_sweep"]["counts"]["diverged"] > 0  # the grid crosses 2/L = 1
     assert summary["lr_sweep"]["best"]["config"]["learning_rate"] < 1.0
     assert len(summary["gradient_checks"]) >= 10

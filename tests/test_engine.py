@@ -1,11 +1,14 @@
-"""The engine's batch path (segments, replays, skips) against single runs; history after a stop."""
+"""The engine: one run against a batch of runs, plain steps against evaluated ones, replays,
+skipped segments and the history after a stop."""
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import pytest
 
 from gdjax import engine
+from gdjax.engine import Status
 
 A = 4.0  # f(x) = 0.5 * A * x^2: plain GD diverges exactly for lr > 2 / A = 0.5
 
@@ -14,93 +17,169 @@ def _quadratic(x):
     return 0.5 * A * jnp.sum(x**2)
 
 
-def _one(lr, *, axis_name=None, steps=300, gtol=1e-6, record_every=7):
+QUADRATIC = engine.autodiff(_quadratic)
+
+
+def _sgd_run(lr, source=QUADRATIC, x0=(1.0, -2.0), **kw):
     tx = optax.inject_hyperparams(optax.sgd)(learning_rate=0.1)
-    x0 = jnp.array([1.0, -2.0])
+    x0 = jnp.asarray(x0, jnp.float32)
     state = tx.init(x0)
     state = state._replace(hyperparams={**state.hyperparams, "learning_rate": lr})
-    return engine.run(
-        engine.autodiff(_quadratic), tx, x0, steps=steps, opt_state=state,
-        record_every=record_every, gtol=gtol, axis_name=axis_name,
-    )
+    return engine.run(source, tx, x0, opt_state=state, **kw)
 
 
 # stops at many different steps: converges fast, slowly, not at all; diverges early and late
-LRS = jnp.array([0.001, 0.01, 0.1, 0.25, 0.45, 0.499, 0.5, 0.55, 0.7, 1.0, 5.0],
-                jnp.float32)
+LRS = jnp.array([0.001, 0.01, 0.1, 0.25, 0.45, 0.499, 0.5, 0.55, 0.7, 1.0, 5.0], jnp.float32)
 
 
-def test_batch_with_segments_equals_single_runs():
-    batch = jax.jit(jax.vmap(lambda lr: _one(lr, axis_name="c"), axis_name="c"))(LRS)
+def _assert_same_run(a, b, i, rtol=1e-6):
+    """Run ``i`` of batch ``a`` against the single run ``b``, every field."""
+    for name in ("status", "steps", "diverged_at"):
+        assert int(getattr(a, name)[i]) == int(getattr(b, name)), (i, name)
+    for name in ("params", "loss", "grad_norm", "best_loss"):
+        np.testing.assert_allclose(getattr(a, name)[i], getattr(b, name), rtol=rtol, atol=1e-7,
+                                   err_msg=f"{i} {name}")
+    for got, want in zip(jax.tree.leaves(jax.tree.map(lambda r: r[i], a.history)),
+                         jax.tree.leaves(b.history), strict=True):
+        np.testing.assert_allclose(got, want, rtol=rtol, atol=1e-7, err_msg=f"{i} history")
+
+
+@pytest.mark.parametrize("kw", [
+    dict(steps=300, record_every=7, gtol=1e-6),  # every step evaluated
+    dict(steps=300, record_every=300),  # plain steps, checked per segment, replays
+    dict(steps=700, record_every=50),  # plain steps over several segments, with records
+])
+def test_a_batch_equals_its_runs_alone_with_every_status(kw):
+    batch = jax.jit(jax.vmap(lambda lr: _sgd_run(lr, **kw)))(LRS)
     for i, lr in enumerate(LRS):
-        alone = jax.jit(_one)(lr)
-        assert int(batch.status[i]) == int(alone.status), float(lr)
-        assert int(batch.steps[i]) == int(alone.steps), float(lr)
-        assert int(batch.diverged_at[i]) == int(alone.diverged_at), float(lr)
-        np.testing.assert_allclose(batch.params[i], alone.params, rtol=1e-6)
-        np.testing.assert_allclose(batch.best_loss[i], alone.best_loss, rtol=1e-6)
-        np.testing.assert_allclose(batch.history.loss[i], alone.history.loss, rtol=1e-5)
-    statuses = set(engine.status_names(batch.status))
-    assert statuses == {"converged", "max_steps", "diverged"}
+        _assert_same_run(batch, jax.jit(lambda lr: _sgd_run(lr, **kw))(lr), i)
+    names = {str(Status(int(s))) for s in batch.status}
+    assert names == ({"converged", "max_steps", "diverged"} if "gtol" in kw
+                     else {"max_steps", "diverged"})
     # exactly the learning rates above 2 / A diverge (fast enough to overflow in 300 steps)
-    np.testing.assert_array_equal(np.asarray(batch.status) == engine.DIVERGED, LRS > 2 / A)
+    np.testing.assert_array_equal(np.asarray(batch.status) == Status.DIVERGED, LRS > 2 / A)
+
+
+def _first_overflow(lr, x0=(1.0, -2.0), steps=700):
+    """Independent oracle: the loop in NumPy float32; the first step with a non-finite loss."""
+    x = np.float32(x0)
+    with np.errstate(over="ignore", invalid="ignore"):
+        for t in range(1, steps + 1):
+            x_new = np.float32(x - np.float32(lr) * (np.float32(A) * x))
+            if not np.isfinite(np.float32(0.5) * np.float32(A) * np.sum(x_new * x_new)):
+                return t, x
+            x = x_new
+    return -1, x
+
+
+def test_plain_and_evaluated_steps_agree_bit_for_bit_and_with_the_oracle():
+    # Without a tolerance a batch's segments only update and are checked at their ends; a
+    # divergence is replayed. Every step evaluated (record_every=1) must give the same runs,
+    # and both the oracle's step of divergence and its last finite state.
+    # |1 - 4 lr| per step: from 1.04 (no overflow within 1,000 steps) to 39
+    lrs = jnp.array([0.51, 0.52, 0.53, 0.55, 0.6, 0.7, 1.0, 10.0, 0.3], jnp.float32)
+    plain = jax.jit(jax.vmap(lambda lr: _sgd_run(lr, steps=1000, record_every=1000)))(lrs)
+    every = jax.jit(jax.vmap(lambda lr: _sgd_run(lr, steps=1000, record_every=1)))(lrs)
+    for name in ("status", "steps", "diverged_at", "params", "loss"):
+        np.testing.assert_array_equal(getattr(plain, name), getattr(every, name), err_msg=name)
+    for i, lr in enumerate(lrs):
+        t, x = _first_overflow(float(lr), steps=1000)
+        assert int(plain.diverged_at[i]) == t, float(lr)
+        if t > 0:  # spread over several segments of 256 steps, and frozen at the step before
+            assert int(plain.steps[i]) == t - 1
+            np.testing.assert_allclose(plain.params[i], x, rtol=1e-6)
+    assert len({int(t) // engine.FAST_SEGMENT_STEPS for t in plain.diverged_at if t > 0}) > 1
+
+
+@pytest.mark.parametrize("start", [0, engine.FAST_SEGMENT_STEPS - 1, engine.FAST_SEGMENT_STEPS])
+def test_a_divergence_at_a_segment_edge_is_replayed_from_the_right_start(start):
+    # A loss that turns non-finite exactly at a chosen step (its first, last or next segment's
+    # first): the run keeps the parameters of the step before, and the step itself.
+    at = start + 1
+
+    def source(x, t, aux):
+        loss, grad = jax.value_and_grad(lambda x: 0.5 * jnp.sum(x**2))(x)
+        return jnp.where(t >= at, jnp.inf, loss), grad
+
+    run = jax.jit(lambda lr: _sgd_run(lr, source=source, steps=600, record_every=600))(0.01)
+    assert int(run.status) == Status.DIVERGED and int(run.diverged_at) == at
+    assert int(run.steps) == at - 1
+    np.testing.assert_allclose(run.params, 0.99 ** (at - 1) * np.float32([1.0, -2.0]),
+                               rtol=1e-5)
 
 
 def _band(x):
-    """A loss that is +inf (or -inf) for one step's worth of x and finite again after it.
+    """A loss that is +inf (or -inf) in a band of x[0] and finite outside it.
 
-    The gradient stays finite, so plain SGD walks through the band: only a check of every
-    step's loss sees the non-finite value (the end of a segment looks healthy).
+    Its gradient there is 0, so a run that steps into the band stays there: only the loss shows
+    it (plain steps see it at their segment's end and replay the segment).
     """
     base = 0.5 * jnp.sum(x**2)
     inf = jnp.where(x[0] > 0, jnp.inf, -jnp.inf)
     return jnp.where((jnp.abs(x[0]) > 0.5) & (jnp.abs(x[0]) < 0.52), inf, base)
 
 
-def test_a_loss_non_finite_for_one_step_inside_a_segment_stops_the_run_as_alone():
-    tx = optax.inject_hyperparams(optax.sgd)(learning_rate=0.01)
+@pytest.mark.parametrize("every", [1, 200])  # every step evaluated; plain steps
+def test_a_loss_non_finite_with_a_finite_gradient_stops_a_run_alone_and_in_a_batch(every):
     starts = jnp.array([[0.9, 0.0], [-0.9, 0.0], [0.3, 1.0], [0.6, 0.0]], jnp.float32)
 
-    def one(x0, axis_name=None):
-        return engine.run(engine.autodiff(_band), tx, x0, steps=200, record_every=200,
-                          axis_name=axis_name)
+    def one(x0):
+        return _sgd_run(0.01, source=engine.autodiff(_band), x0=x0, steps=200,
+                        record_every=every)
 
-    batch = jax.jit(jax.vmap(lambda x: one(x, "c"), axis_name="c"))(starts)
-    names = engine.status_names(batch.status)
-    # +inf and -inf alike: diverged, at the step of the band; the others run on
-    assert list(names) == ["diverged", "diverged", "max_steps", "diverged"]
+    batch = jax.jit(jax.vmap(one))(starts)
+    # +inf and -inf alike: diverged, at the step into the band; the third never reaches it
+    assert [str(Status(int(s))) for s in batch.status] == [
+        "diverged", "diverged", "max_steps", "diverged"]
+    assert int(batch.diverged_at[0]) == int(np.ceil(np.log(0.52 / 0.9) / np.log(0.99)))
     for i in range(len(starts)):
-        alone = jax.jit(one)(starts[i])
-        assert int(batch.status[i]) == int(alone.status)
-        assert int(batch.diverged_at[i]) == int(alone.diverged_at)
-        assert 0 < int(alone.diverged_at) < engine.SEGMENT_STEPS or i == 2
-        np.testing.assert_allclose(batch.params[i], alone.params, rtol=1e-6)
-        np.testing.assert_allclose(batch.best_loss[i], alone.best_loss, rtol=1e-6)
+        _assert_same_run(batch, jax.jit(one)(starts[i]), i)
 
 
-def test_segment_where_every_run_stopped_is_skipped_but_steps_and_records_stay_right():
-    # all converge within the first segment; the remaining segments are skipped
+def test_a_batch_whose_runs_all_stopped_skips_its_segments():
+    # A source that counts its evaluations through a callback: once every run has converged
+    # (within the first segment), no later segment evaluates anything.
+    calls = []
+
+    def source(x, t, aux):
+        jax.debug.callback(lambda: calls.append(1))
+        return jax.value_and_grad(_quadratic)(x)
+
     lrs = jnp.array([0.2, 0.25, 0.3], jnp.float32)
-    batch = jax.jit(jax.vmap(lambda lr: _one(lr, axis_name="c", steps=640), axis_name="c"))(lrs)
-    assert np.all(np.asarray(batch.status) == engine.CONVERGED)
+    batch = jax.jit(jax.vmap(lambda lr: _sgd_run(lr, source=source, steps=6400, gtol=1e-6,
+                                                 record_every=7)))(lrs)
+    jax.block_until_ready(batch)
+    assert np.all(np.asarray(batch.status) == Status.CONVERGED)
     assert np.all(np.asarray(batch.steps) < engine.SEGMENT_STEPS)
-    np.testing.assert_array_equal(batch.history.step[0], engine.record_steps(640, 7))
+    np.testing.assert_array_equal(batch.history.step[0], engine.record_steps(6400, 7))
+    assert len(calls) < 3 * engine.SEGMENT_STEPS  # 6,400 steps would evaluate 6,400 times
+
+
+def test_batch_any_reduces_over_the_vmapped_axis_and_keeps_a_cond():
+    x = jnp.array([[False, False], [False, True], [False, False]])
+    out = jax.vmap(jax.vmap(engine.batch_any))(x)
+    np.testing.assert_array_equal(out, np.ones((3, 2), bool))  # any over both axes: True
+    assert not bool(jax.vmap(engine.batch_any)(jnp.zeros(4, bool))[0])
+    jaxpr = str(jax.make_jaxpr(jax.vmap(lambda v: jax.lax.cond(
+        engine.batch_any(v > 0), lambda v: v + 1, lambda v: v, v)))(jnp.arange(3.0)))
+    assert "cond[" in jaxpr and "select_n" not in jaxpr
 
 
 def test_history_after_a_stop_holds_the_final_state():
-    for axis in (None, "c"):
-        run = jax.vmap(lambda lr, axis=axis: _one(lr, axis_name=axis), axis_name="c")(LRS)
+    for kw in (dict(gtol=1e-6, record_every=7), dict(record_every=7, ftol=1e-12)):
+        run = jax.vmap(lambda lr, kw=kw: _sgd_run(lr, steps=300, **kw))(LRS)
         steps = np.asarray(run.history.step[0])
         for i in range(len(LRS)):
             loss = np.asarray(run.history.loss[i])
-            if int(run.status[i]) == engine.CONVERGED:
+            if int(run.status[i]) == Status.CONVERGED:
                 after = steps >= int(run.steps[i])
                 np.testing.assert_array_equal(loss[after], np.float32(run.loss[i]))
                 assert np.all(np.isfinite(loss))
-            elif int(run.status[i]) == engine.DIVERGED:
+            elif int(run.status[i]) == Status.DIVERGED:
                 after = steps >= int(run.diverged_at[i])
                 assert np.all(np.isnan(loss[after])) and np.all(np.isfinite(loss[~after]))
                 assert np.all(np.isfinite(run.params[i]))
+            assert float(run.best_loss[i]) == np.min(loss[np.isfinite(loss)], initial=np.inf)
 
 
 def test_global_norm_matches_optax_for_small_and_large_leaves_and_under_vmap():
@@ -121,59 +200,42 @@ def _wobbly(params, t, aux):
     return jax.value_and_grad(lambda x: scale * _quadratic(x))(params)
 
 
-def test_one_run_equals_the_checked_batch_path_in_every_field():
-    # One run takes a hand-written loop's step masked after its stop (a divergence re-runs it
-    # checked); a batch takes segments and replays. Both against each other, every output.
-    tx = optax.inject_hyperparams(optax.sgd)(learning_rate=0.1)
-    x0 = jnp.array([1.0, -2.0])
-
-    def one(lr, axis_name=None, *, steps, record_every, gtol, ftol):
-        state = tx.init(x0)
-        state = state._replace(hyperparams={**state.hyperparams, "learning_rate": lr})
-        return engine.run(_wobbly, tx, x0, steps=steps, opt_state=state,
-                          record_every=record_every, gtol=gtol, ftol=ftol, record_params=True,
-                          record_fn=lambda p: {"p0": p[0]}, axis_name=axis_name)
-
+@pytest.mark.parametrize("steps, every, gtol, ftol", [
+    (150, 1, 1e-3, None), (150, 7, None, 1e-4), (150, 150, 1e-2, 1e-5), (97, 10, 1e-4, None),
+    (600, 50, None, None),
+])
+def test_a_step_dependent_source_alone_and_in_a_batch_in_every_field(steps, every, gtol, ftol):
     lrs = jnp.array([0.0, 1e-3, 0.05, 0.2, 0.3, 0.45, 0.6, 2.0], jnp.float32)
-    cases = [(150, 1, 1e-3, None), (150, 7, None, 1e-4), (150, 150, 1e-2, 1e-5),
-             (97, 10, 1e-4, None)]
-    for steps, every, gtol, ftol in cases:
-        kw = dict(steps=steps, record_every=every, gtol=gtol, ftol=ftol)
-        batch = jax.jit(jax.vmap(lambda lr: one(lr, "c", **kw), axis_name="c"))(lrs)  # noqa: B023
-        seen = set()
-        for i, lr in enumerate(lrs):
-            alone = jax.jit(lambda lr: one(lr, **kw))(lr)  # noqa: B023
-            seen.add(int(alone.status))
-            for name in ("status", "steps", "diverged_at"):
-                assert int(getattr(batch, name)[i]) == int(getattr(alone, name)), (kw, lr, name)
-            for name in ("params", "loss", "grad_norm", "best_loss"):
-                np.testing.assert_allclose(getattr(batch, name)[i], getattr(alone, name),
-                                           rtol=1e-5, atol=1e-7, err_msg=f"{kw} {lr} {name}")
-            for got, want in zip(jax.tree.leaves(jax.tree.map(lambda a: a[i], batch.history)),  # noqa: B023
-                                 jax.tree.leaves(alone.history), strict=True):
-                np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-7, err_msg=f"{kw} {lr}")
-        assert engine.DIVERGED in seen and engine.CONVERGED in seen, kw
+    kw = dict(source=_wobbly, steps=steps, record_every=every, gtol=gtol, ftol=ftol,
+              record_params=True, record_fn=lambda p: {"p0": p[0]})
+    batch = jax.jit(jax.vmap(lambda lr: _sgd_run(lr, **kw)))(lrs)
+    seen = set()
+    for i, lr in enumerate(lrs):
+        alone = jax.jit(lambda lr: _sgd_run(lr, **kw))(lr)
+        seen.add(int(alone.status))
+        _assert_same_run(batch, alone, i, rtol=1e-5)
+    assert Status.DIVERGED in seen
 
 
-def test_one_run_that_starts_stopped():
+def test_a_run_that_starts_stopped():
     tx = optax.sgd(0.1)
-    for x0, status in ((jnp.array([0.0, 0.0]), engine.CONVERGED),
-                       (jnp.array([jnp.nan, 1.0]), engine.DIVERGED)):
+    for x0, status in ((jnp.array([0.0, 0.0]), Status.CONVERGED),
+                       (jnp.array([jnp.nan, 1.0]), Status.DIVERGED)):
         run = jax.jit(lambda x: engine.run(engine.autodiff(_quadratic), tx, x, steps=20,
                                            gtol=1e-6, record_every=3))(x0)
         assert int(run.status) == status and int(run.steps) == 0
         np.testing.assert_array_equal(run.params, x0)
-        if status == engine.CONVERGED:
+        if status == Status.CONVERGED:
             np.testing.assert_array_equal(run.history.loss, 0.0)
         else:
             assert int(run.diverged_at) == 0 and np.all(np.isnan(run.history.loss))
+            assert float(run.best_loss) == np.inf
 
 
 def test_a_stop_at_float32_resolution_falls_on_the_same_step_alone_and_in_a_batch():
     # ftol=1e-7 on a loss of 0.09 is at float32's resolution: the step of the stop depends on
-    # the last bit of each loss. Found by comparing 720 random configs: a single run that masked
-    # its update (p + where(go, u, 0)) rounded differently from a batch's plain p + u and
-    # stopped a step later; one that selects after the add rounds as the batch does.
+    # the last bit of each loss. Found by comparing 720 random configs (a single run that
+    # masked its update rounded differently from a batch and stopped a step later).
     a = jnp.array([1.1250015, 1.8868966, 0.5203861], jnp.float32)
     x0 = {"w": jnp.array([-0.25884807, 1.0557429, -2.2508543], jnp.float32),
           "b": jnp.float32(0.3)}
@@ -183,17 +245,29 @@ def test_a_stop_at_float32_resolution_falls_on_the_same_step_alone_and_in_a_batc
 
     tx = optax.inject_hyperparams(optax.sgd)(learning_rate=0.1)
 
-    def one(lr, axis_name=None):
+    def one(lr):
         state = tx.init(x0)
         state = state._replace(hyperparams={**state.hyperparams, "learning_rate": lr})
         return engine.run(engine.autodiff(f), tx, x0, steps=30, opt_state=state, gtol=1e-2,
-                          ftol=1e-7, axis_name=axis_name)
+                          ftol=1e-7)
 
     lrs = jnp.array([0.05, 0.3, 0.6], jnp.float32)
-    batch = jax.jit(jax.vmap(lambda lr: one(lr, "c"), axis_name="c"))(lrs)
-    assert int(batch.status[2]) == engine.CONVERGED  # the case found, at lr 0.6
+    batch = jax.jit(jax.vmap(one))(lrs)
+    assert int(batch.status[2]) == Status.CONVERGED  # the case found, at lr 0.6
     for i, lr in enumerate(lrs):
         alone = jax.jit(one)(lr)
         assert int(alone.status) == int(batch.status[i]), float(lr)
         assert int(alone.steps) == int(batch.steps[i]), float(lr)
         np.testing.assert_array_equal(alone.history.loss, batch.history.loss[i])
+
+
+def test_status_compares_with_its_name_and_code_and_says_what_it_means():
+    assert Status.CONVERGED == "converged" and Status.CONVERGED == 1
+    assert Status.DIVERGED != "converged" and str(Status.MAX_STEPS) == "max_steps"
+    assert f"{Status.DIVERGED:>9}" == " diverged"
+    assert Status.of("diverged") is Status.DIVERGED and Status.of(2) is Status.MAX_STEPS
+    assert "non-finite" in Status.DIVERGED.message
+    with pytest.raises(ValueError, match="status must be one of converged, max_steps, diverged"):
+        Status.of("finished")
+    with pytest.raises(ValueError, match="got 0"):
+        Status.of(0)

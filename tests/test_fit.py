@@ -111,7 +111,7 @@ def test_divergent_training_is_a_status():
         (dict(epochs=0), ValueError, "epochs must be a positive integer, got epochs=0"),
         (dict(optimizer="lbfgs"), ValueError, "unknown optimizer 'lbfgs'"),
         (dict(learning_rate=-1.0), ValueError, "learning_rate must be positive"),
-        (dict(seed="a"), TypeError, "seed must be an int"),
+        (dict(seed="a"), TypeError, "seed must be a Python int"),
     ],
 )
 def test_bad_arguments(kwargs, error, match):

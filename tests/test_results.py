@@ -25,7 +25,7 @@ def handmade(**changes):
     fields = dict(
         grid={"learning_rate": np.array([0.1, 0.2, 0.3]), "seed": np.array([0, 1, 2])},
         params={"w": np.arange(6, dtype=np.float32).reshape(3, 2) / 7, "b": np.float64([1, 2, 3])},
-        final_loss=np.float32([0.5, np.float32(1) / 3, 2.0]),
+        loss=np.float32([0.5, np.float32(1) / 3, 2.0]),
         best_loss=np.float32([0.25, 0.1, np.inf]),
         grad_norm=np.float32([1e-7, 3.0, 5.0]),
         status=np.array(["converged", "max_steps", "diverged"]),
@@ -52,7 +52,7 @@ def assert_same(a, b):
                     jax.tree.leaves((b.grid, b.params, b.history)), strict=True):
         assert x.dtype == y.dtype and x.shape == y.shape
         np.testing.assert_array_equal(x, y)
-    for name in ("final_loss", "best_loss", "grad_norm", "status", "steps", "diverged_at"):
+    for name in ("loss", "best_loss", "grad_norm", "status", "steps", "diverged_at"):
         x, y = getattr(a, name), getattr(b, name)
         assert x.dtype == y.dtype
         np.testing.assert_array_equal(x, y)
@@ -66,7 +66,7 @@ def test_len_counts_config_best(result):
     assert c["learning_rate"] == 0.1 and c["x0"].tolist() == [3.0, 0.0]
     best = result.best()
     assert result.status[best.index] == "converged"
-    assert best.loss == result.final_loss.min(where=result.status != "diverged", initial=np.inf)
+    assert best.loss == result.loss.min(where=result.status != "diverged", initial=np.inf)
     np.testing.assert_array_equal(best.params, result.params[best.index])
     assert result.config(-1)["learning_rate"] == result.config(7)["learning_rate"] == 0.2
     with pytest.raises(IndexError, match="config index must be an integer in"):
@@ -83,7 +83,7 @@ def test_json_round_trip_is_exact(result, tmp_path):
     result.to_json(tmp_path / "r.json")
     back = SweepResult.from_json(tmp_path / "r.json")
     assert_same(back, result)
-    assert back.final_loss.dtype == np.float32 and back.grid["learning_rate"].dtype == np.float64
+    assert back.loss.dtype == np.float32 and back.grid["learning_rate"].dtype == np.float64
     assert back.grid["learning_rate"][0] == 1 / 3  # a float64 that needs all 17 digits
 
 
@@ -103,14 +103,14 @@ def test_csv_round_trip_is_exact(result, tmp_path):
     assert header[:4] == ["config", "learning_rate", "x0:0", "x0:1"]
     back = load(tmp_path / "r.csv")
     assert back.history is None and len(back) == len(result)
-    for name in ("final_loss", "best_loss", "grad_norm", "status", "steps", "diverged_at"):
+    for name in ("loss", "best_loss", "grad_norm", "status", "steps", "diverged_at"):
         np.testing.assert_array_equal(getattr(back, name), getattr(result, name))
     np.testing.assert_array_equal(back.params, result.params)
     np.testing.assert_array_equal(back.grid["x0"], result.grid["x0"])
     np.testing.assert_array_equal(back.grid["learning_rate"], result.grid["learning_rate"])
     # float32 values come back as float64 holding exactly the same numbers
-    assert back.final_loss.dtype == np.float64
-    assert np.all(back.final_loss.astype(np.float32) == result.final_loss)
+    assert back.loss.dtype == np.float64
+    assert np.all(back.loss.astype(np.float32) == result.loss)
 
 
 def test_csv_pytree_params_come_back_by_leaf_path(tmp_path):
@@ -137,7 +137,7 @@ def test_file_errors(tmp_path):
         res.to_json(tmp_path / "bad.json")
 
 
-def test_table_top_orders_by_final_loss(result):
+def test_table_top_orders_by_loss(result):
     table = result.table(top=3)
     assert table.row_count == 3
     assert "8 configs, 6 converged, 0 max_steps, 2 diverged" in table.title

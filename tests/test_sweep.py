@@ -15,7 +15,7 @@ from gdjax.batching import fit
 from gdjax.descent import minimize
 from gdjax.sweep import LogUniform, Uniform, starts_grid, sweep
 
-sweep_module = importlib.import_module("gdjax.sweep")  # gdjax.sweep is the re-exported function
+program = importlib.import_module("gdjax.sweep.program")  # gdjax.sweep is the function
 
 A = 4.0  # curvature of the bowl: plain gradient descent converges iff eta < 2 / A = 0.5
 F32_MAX = float(np.finfo(np.float32).max)
@@ -69,7 +69,7 @@ def test_learning_rates_across_two_over_a():
         np.testing.assert_allclose(
             np.abs(res.params[i, 0]), abs(1 - etas[i] * A) ** (t - 1), rtol=1e-4
         )
-        assert res.steps[i] == t - 1 and np.isfinite(res.final_loss[i])
+        assert res.steps[i] == t - 1 and np.isfinite(res.loss[i])
     assert np.all(np.abs(res.params[stable]) < 1e-5)
     # The diverged configs changed nothing for the others: a sweep of the stable ones alone agrees.
     alone = sweep(bowl, x0, "sgd", grid={"learning_rate": etas[stable]}, steps=400, tol=1e-5)
@@ -82,7 +82,7 @@ def test_divergence_never_raises_and_best_skips_diverged():
                 grid={"learning_rate": [0.01, 0.1, 5.0, 50.0]})
     assert res.counts()["diverged"] == 2
     assert res.best().index in (0, 1)
-    assert np.all(np.isfinite(res.final_loss)) and np.all(np.isfinite(res.params))
+    assert np.all(np.isfinite(res.loss)) and np.all(np.isfinite(res.params))
 
 
 # --- a config in a sweep == the config run alone ------------------------------------------------
@@ -105,25 +105,23 @@ def test_minimize_style_equals_minimize():
                          **c)
         assert res.status[i] == alone.status and res.steps[i] == alone.steps
         np.testing.assert_allclose(res.params[i], alone.params, rtol=RTOL, atol=1e-6)
-        np.testing.assert_allclose(res.final_loss[i], alone.loss, rtol=RTOL, atol=1e-7)
+        np.testing.assert_allclose(res.loss[i], alone.loss, rtol=RTOL, atol=1e-7)
         np.testing.assert_allclose(res.history.loss[i], alone.history.loss, rtol=RTOL, atol=1e-7)
         np.testing.assert_array_equal(res.history.step[i], alone.history.step)
 
 
-def test_minimize_style_equals_minimize_where_the_single_run_is_unrolled():
-    # 64 parameters: minimize unrolls its loop (4 steps an iteration), a sweep's batch does not;
-    # the same configs must still stop at the same steps with the same states
+def test_minimize_style_equals_minimize_with_64_parameters_and_every_status():
+    # the same configs stop at the same steps with the same states alone and in a sweep
     x0 = np.linspace(-1.0, 1.0, 64).astype(np.float32)
-    assert sweep_module.engine._unroll(jnp.asarray(x0)) > 1
     lrs = [0.01, 0.1, 0.3, 0.6]  # bowl: slow, converges, converges fast, diverges (> 2 / A)
     res = sweep(bowl, x0, "sgd", grid={"learning_rate": lrs}, steps=150, tol=1e-3,
                 record_every=7)
-    assert set(res.status) == {"max_steps", "converged", "diverged"}
+    assert set(res.status.names()) == {"max_steps", "converged", "diverged"}
     for i, lr in enumerate(lrs):
         alone = minimize(bowl, jnp.asarray(x0), "sgd", learning_rate=lr, steps=150, tol=1e-3,
                          record_every=7)
         assert (res.status[i], res.steps[i]) == (alone.status, alone.steps), lr
-        assert res.diverged_at[i] == (-1 if alone.diverged_at is None else alone.diverged_at)
+        assert res.diverged_at[i] == alone.diverged_at
         np.testing.assert_allclose(res.params[i], alone.params, rtol=RTOL, atol=1e-6)
         np.testing.assert_allclose(res.history.loss[i], alone.history.loss, rtol=RTOL,
                                    atol=1e-6)
@@ -132,7 +130,7 @@ def test_minimize_style_equals_minimize_where_the_single_run_is_unrolled():
 def test_minimize_style_float64_and_numerical_gradient():
     x0 = np.array([2.0, -1.0])  # float64: the sweep runs in float64, like minimize
     res = sweep(bowl, x0, "sgd", grid={"learning_rate": [0.1, 0.2]}, steps=50, grad="numerical")
-    assert res.params.dtype == np.float64 and res.final_loss.dtype == np.float64
+    assert res.params.dtype == np.float64 and res.loss.dtype == np.float64
     for i, lr in enumerate([0.1, 0.2]):
         alone = minimize(bowl, x0, "sgd", learning_rate=lr, steps=50, grad="numerical")
         # the values shrink to ~1e-11; XLA fuses (and FMA-contracts) the two programs differently
@@ -150,7 +148,7 @@ def test_fit_style_equals_fit(regression):
         alone = fit(linear_loss, p0, data, optimizer="momentum", momentum=0.5, epochs=3,
                     learning_rate=0.05, **c)
         np.testing.assert_allclose(res.params["w"][i], alone.params["w"], rtol=RTOL, atol=1e-6)
-        np.testing.assert_allclose(res.final_loss[i], alone.loss, rtol=RTOL)
+        np.testing.assert_allclose(res.loss[i], alone.loss, rtol=RTOL)
         np.testing.assert_allclose(res.history.loss[i], alone.history.loss, rtol=RTOL)
         np.testing.assert_array_equal(res.history.step[i], alone.history.step)
         assert res.steps[i] == alone.steps == 3 * (48 // c["batch_size"])
@@ -164,7 +162,7 @@ def test_fit_style_stops_equal_fit_alone(regression):
     lrs = [0.02, 0.05, 0.1, 3.0]
     res = sweep(linear_loss, p0, "sgd", data=data, epochs=40, tol=0.5, progress=False,
                 grid={"learning_rate": lrs, "batch_size": [8, 16]}, record_every=3)
-    assert {"converged", "diverged"} <= set(res.status.tolist())
+    assert {"converged", "diverged"} <= set(res.status.names())
     for i in range(len(res)):
         c = res.config(i)
         alone = fit(linear_loss, p0, data, optimizer="sgd", epochs=40, tol=0.5,
@@ -322,7 +320,7 @@ def test_chunks_and_resume_after_interruption(tmp_path, monkeypatch):
     whole = sweep(bowl, np.float32([1.0]), "sgd", grid=grid, **kw)
     assert whole.counts()["diverged"] > 0
 
-    run_chunk, calls, stop = sweep_module._run_chunk, [], {"at": 3}
+    run_chunk, calls, stop = program.run_chunk, [], {"at": 3}
 
     class Interrupted(Exception):
         pass
@@ -334,7 +332,7 @@ def test_chunks_and_resume_after_interruption(tmp_path, monkeypatch):
             raise Interrupted  # the sweep is stopped (Ctrl-C, a killed job) in its third chunk
         return run_chunk(*args, **kwargs)
 
-    monkeypatch.setattr(sweep_module, "_run_chunk", interrupted)
+    monkeypatch.setattr(program, "run_chunk", interrupted)
     with pytest.raises(Interrupted):
         sweep(bowl, np.float32([1.0]), "sgd", grid=grid, checkpoint=tmp_path, **kw)
     # Chunk 1 was in flight (each chunk is dispatched before the previous one is collected).
@@ -343,7 +341,7 @@ def test_chunks_and_resume_after_interruption(tmp_path, monkeypatch):
     resumed = sweep(bowl, np.float32([1.0]), "sgd", grid=grid, checkpoint=tmp_path, **kw)
     assert len(calls) == 2  # 40 configs in chunks of 16: one was on disk, two were left
     assert table_text(resumed) == table_text(whole)
-    for field in ("params", "final_loss", "status", "diverged_at", "steps"):
+    for field in ("params", "loss", "status", "diverged_at", "steps"):
         np.testing.assert_array_equal(getattr(resumed, field), getattr(whole, field))
     np.testing.assert_array_equal(resumed.history.loss, whole.history.loss)
 
@@ -357,8 +355,8 @@ def test_chunks_and_resume_after_interruption(tmp_path, monkeypatch):
 
 def test_memory_budget_sets_chunks_and_progress_shows(capsys, monkeypatch):
     chunks = []
-    run_chunk = sweep_module._run_chunk
-    monkeypatch.setattr(sweep_module, "_run_chunk",
+    run_chunk = program.run_chunk
+    monkeypatch.setattr(program, "run_chunk",
                         lambda v, *a, **k: chunks.append(len(v["hyper"]["learning_rate"]))
                         or run_chunk(v, *a, **k))
     lrs = np.linspace(0.1, 0.3, 40)

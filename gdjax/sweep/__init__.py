@@ -1,0 +1,254 @@
+"""Sweeps: a grid of hyperparameters, starting points and seeds run as one compiled program.
+
+A sweep is ``jax.vmap`` of the engine's run (:mod:`gdjax.engine`) over a *config axis*, in three
+parts:
+
+* :mod:`gdjax.sweep.grid` builds the configs on the host: axes listed, crossed, zipped or drawn
+  per seed (:class:`Uniform`, :class:`LogUniform`; starting points with :func:`starts_grid`);
+* :mod:`gdjax.sweep.program` is the compiled program: every numeric hyperparameter lives in
+  the optimiser state (``optax.inject_hyperparams``), so grid values are array arguments and new
+  values never recompile; a config that diverges is frozen at its last finite state with its
+  divergence step and never turns another config into NaN;
+* :mod:`gdjax.sweep.runner` runs it: chunks within a memory budget, the config axis sharded over
+  every device, a progress bar, checkpoints to resume from.
+
+A config run inside a sweep gives what the same config gives alone (``minimize`` or ``fit``,
+or ``jax.vmap`` of them); results come back as a :class:`gdjax.SweepResult`.
+
+What ``seed`` means: for ``fit``-style sweeps it orders the mini-batches exactly as
+``gdjax.fit(seed=...)`` does (and draws the config's random axes); for ``minimize``-style sweeps
+the objective is deterministic, so ``seed`` only draws the random axes (e.g. a random start in an
+``x0`` box); with no random axis, configs that differ only in their seed are replicas.
+
+Example:
+  >>> import numpy as np, gdjax
+  >>> f = lambda x: 0.5 * 4.0 * (x**2).sum()  # curvature a = 4: gradient descent needs eta < 0.5
+  >>> res = gdjax.sweep(f, np.float32([1.0]), "sgd", grid={"learning_rate": [0.1, 0.3, 0.6]},
+  ...                   steps=300, tol=1e-6)
+  >>> res.status.names().tolist(), res.diverged_at.tolist()  # float32 overflows at |1-0.6a|^131
+  (['converged', 'converged', 'diverged'], [-1, -1, 131])
+"""
+
+from __future__ import annotations
+
+import functools
+import numbers
+import os
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from gdjax import batching, descent, inputs, optimizers
+from gdjax.results import SweepResult
+from gdjax.sweep import grid as grid_
+from gdjax.sweep import program, runner
+from gdjax.sweep.grid import LogUniform, Uniform, starts_grid
+
+__all__ = ["HISTORY_BYTES", "LogUniform", "Uniform", "starts_grid", "sweep"]
+
+PyTree = Any
+
+DEFAULT_MEMORY_BUDGET = 1 << 30
+"""Bytes one chunk of configs may use per device (1 GiB), by a rough estimate per config."""
+
+HISTORY_BYTES = 64 << 20
+"""What the default history (loss and gradient norm) of a whole sweep may hold: 64 MiB."""
+
+
+def sweep(
+    f: Callable,
+    x0: PyTree,
+    optimizer: str | optax.GradientTransformation = "adam",
+    *,
+    grid: Mapping[str, Any],
+    steps: int = 1000,
+    data: PyTree = None,
+    epochs: int = 1,
+    batch_size: int | None = None,
+    seed: int = 0,
+    samples: int | None = None,
+    zip_axes: Sequence[Sequence[str]] = (),
+    tol: float | None = None,
+    ftol: float | None = None,
+    grad: str = "autodiff",
+    record_every: int | None = None,
+    record_params: bool = False,
+    eval_fn: Callable[[PyTree], Any] | None = None,
+    chunk_size: int | None = None,
+    memory_budget: int = DEFAULT_MEMORY_BUDGET,
+    progress: bool | None = None,
+    checkpoint: str | os.PathLike | None = None,
+    **hyperparameters: Any,
+) -> SweepResult:
+    """Run every config of a grid, each as :func:`gdjax.minimize` (or :func:`gdjax.fit`) would.
+
+    Without ``data`` each config minimises ``f(x)`` from ``x0`` for ``steps`` updates (like
+    ``minimize``); with ``data`` each trains ``f(params, batch)`` for ``epochs`` (like ``fit``).
+    A config run alone with the same values gives the same result.
+
+    Args:
+      f: the objective ``f(x) -> scalar``; with ``data``, ``loss_fn(params, batch) -> scalar``.
+      x0: the start (the initial parameters); a grid ``x0`` axis replaces it per config and must
+        match its structure and shapes (starts are cast to its dtype).
+      optimizer: a name from :data:`gdjax.optimizers.OPTIMIZERS` or an optax transformation
+        (an ``inject_hyperparams`` one for its hyperparameters to be swept).
+      grid: axis name -> values (a list or 1-D array; for ``x0`` an array of starts, one per
+        leading index), or a :class:`Uniform` / :class:`LogUniform` drawn per ``seed``.
+      steps: updates per config (``minimize``-style).
+      data: the data set, a pytree of arrays with a leading sample axis (``fit``-style).
+      epochs: passes over ``data`` (``fit``-style).
+      batch_size: mini-batch size when not a grid axis (``fit``-style; ``None`` is full batch).
+        As an axis, configs are grouped by batch size: one compiled program per batch size.
+      seed: the batch-order seed when ``seed`` is not a grid axis (``fit``-style).
+      samples: draw this many random points: a ``seed`` axis ``0..samples-1``.
+      zip_axes: groups of explicit axes of equal length that vary together instead of being
+        crossed, e.g. ``[("learning_rate", "momentum")]``.
+      tol: a config has converged once its gradient norm is ``<= tol``.
+      ftol: a config has converged once an update changes its loss by ``<= ftol``.
+      grad: ``"autodiff"`` or ``"numerical"`` (the seed's central differences; ``minimize``-style).
+      record_every: history every this many steps. By default about 100 records per config
+        (``fit``-style: once per epoch, as ``fit``), fewer when the sweep is so large that
+        its loss and gradient-norm history would pass :data:`HISTORY_BYTES` (a
+        1,048,576-config sweep keeps 8); at least the start and the end.
+      record_params: record the parameters in the history too.
+      eval_fn: ``params -> pytree of scalars`` recorded in ``history.metrics`` (e.g. test accuracy).
+      chunk_size: configs per chunk (per device at least 16, a multiple of 8); by default as
+        many as keep each device's working set near :data:`gdjax.sweep.runner.CACHE_BYTES`,
+        within ``memory_budget``.
+      memory_budget: bytes one chunk may use per device, by a rough estimate per config: its
+        outputs (history included) plus the loop's working set (copies of parameters and
+        optimiser state; batch indices and batches for ``fit``-style sweeps).
+      progress: show a progress bar over chunks; by default only when there are several chunks.
+      checkpoint: a directory: each finished chunk is saved there (``.npz``) beside a JSON manifest
+        holding a fingerprint of the sweep; the same call with the same directory skips finished
+        chunks. With several processes it must be a directory they share.
+      **hyperparameters: fixed hyperparameters of the optimiser for every config (a number, or an
+        optax schedule for ``learning_rate``).
+
+    Returns:
+      A :class:`gdjax.results.SweepResult`, configs in grid order.
+
+    Raises:
+      ValueError, TypeError: a bad argument or grid axis (named, with the offending value), or a
+        checkpoint directory that holds a different sweep.
+
+    Example:
+      >>> import numpy as np, gdjax
+      >>> from gdjax import functions
+      >>> res = gdjax.sweep(functions.himmelblau, np.zeros(2), "sgd", steps=500, tol=1e-4,
+      ...                   grid={"x0": gdjax.starts_grid(functions.himmelblau.domain, 3),
+      ...                         "learning_rate": [0.01]})
+      >>> len(res), res.counts()["converged"]
+      (9, 9)
+    """
+    fit_style = data is not None
+    steps = inputs.positive_int("steps", steps)
+    epochs = inputs.positive_int("epochs", epochs)
+    tol = inputs.optional_tolerance("tol", tol)
+    ftol = inputs.optional_tolerance("ftol", ftol)
+    if grad not in descent.GRAD_SOURCES:
+        raise ValueError(f"grad must be one of {descent.GRAD_SOURCES}, got grad={grad!r}")
+    if fit_style and grad != "autodiff":
+        raise ValueError(f"fit-style sweeps (with data) use autodiff, got grad={grad!r}")
+    if record_every is not None:
+        record_every = inputs.positive_int("record_every", record_every)
+    if chunk_size is not None:
+        chunk_size = inputs.positive_int("chunk_size", chunk_size)
+    memory_budget = inputs.positive_int("memory_budget", memory_budget)
+    if eval_fn is not None and not callable(eval_fn):
+        raise TypeError(f"eval_fn must be callable or None, got eval_fn={eval_fn!r}")
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
+        raise TypeError(f"seed must be an int, got seed={seed!r}")
+
+    with inputs.precision(x0):
+        # NumPy starts stay on the host: the program's dispatch moves them (an eager
+        # conversion here cost ~0.1 ms a sweep)
+        x0 = inputs.float_params("x0", x0, keep_numpy=True)
+        if fit_style:
+            data = jax.tree.map(jnp.asarray, data)
+            n = batching.sample_count(data)
+            loss_dtype = inputs.scalar_function(
+                "f", f, x0, jax.tree.map(lambda a: a[:1], data)
+            ).dtype
+        else:
+            n = 0
+            loss_dtype = inputs.scalar_function("f", f, x0).dtype
+        tx, fixed_values = optimizers.prepare(optimizer, hyperparameters)
+        # checks the fixed hyperparameters against the state, abstractly (no eager work)
+        state = inputs.abstract(_init_state(tx), x0, fixed_values)
+        fixed = {k: v for k, v in hyperparameters.items() if v is not None and not callable(v)}
+        axes = grid_.expand(
+            grid, x0=x0, optimizer=optimizer, fixed=fixed, n=n if fit_style else None,
+            samples=samples, zip_axes=zip_axes,
+        )
+        count = grid_.count(axes)
+        if "batch_size" in axes:
+            batch_sizes = axes["batch_size"]
+        else:
+            size = grid_.batch_size(n if batch_size is None else batch_size, n) if fit_style else 0
+            batch_sizes = np.full(count, size, dtype=np.int64)
+
+        dtypes = {k: np.dtype(v.dtype) for k, v in getattr(state, "hyperparams", {}).items()}
+        shared = {
+            "x0": x0,
+            "hyper": {k: np.asarray(v, dtypes[k]) for k, v in fixed.items()},
+            "tol": None if tol is None else np.asarray(tol, loss_dtype),
+            "ftol": None if ftol is None else np.asarray(ftol, loss_dtype),
+            "data": data,
+            "orders": None,
+            "seed_index": np.int32(0),
+        }
+        varying = {"hyper": {k: v.astype(dtypes[k]) for k, v in axes.items()
+                             if k not in grid_.SPECIAL}}
+        if "x0" in axes:
+            varying["x0"] = axes["x0"]
+        if fit_style and np.any(batch_sizes < n):
+            seeds = axes["seed"] if "seed" in axes else np.array([seed])
+            unique, index = np.unique(seeds, return_inverse=True)
+            shared["orders"] = grid_.orders(unique, n, epochs)
+            if "seed" in axes:
+                varying["seed_index"] = index.astype(np.int32)
+
+        mesh = program.mesh(tuple(jax.devices()))
+        groups = []
+        sizes = np.unique(batch_sizes) if "batch_size" in axes else batch_sizes[:1]
+        for b in sizes:
+            if fit_style:
+                per_epoch = n // int(b)
+                group_steps = epochs * per_epoch
+                every = record_every or per_epoch * -(-epochs // 1000)
+            else:
+                group_steps = steps
+                every = record_every or default_record_every(steps, count, loss_dtype)
+            static = program.Static(
+                f=inputs.static(f), tx=tx, grad=grad, steps=group_steps, record_every=every,
+                record_params=bool(record_params), eval_fn=inputs.static(eval_fn), n=n,
+                batch_size=int(b), epochs=epochs, mesh=mesh,
+            )
+            groups.append((static, np.flatnonzero(batch_sizes == b) if len(sizes) > 1
+                           else np.arange(count)))
+        out = runner.run_groups(
+            groups, varying, shared, chunk_size=chunk_size, memory_budget=memory_budget,
+            progress=progress, checkpoint=checkpoint,
+            describe=runner.describe(f, optimizer, eval_fn),
+        )
+    return SweepResult(grid=axes, **out._asdict())
+
+
+
+def default_record_every(steps: int, configs: int, dtype: Any) -> int:
+    """About 100 records per config, fewer when ``configs`` of them would pass
+    :data:`HISTORY_BYTES`; at least the start and the end."""
+    per_record = 2 * np.dtype(dtype).itemsize * configs
+    records = max(1, min(100, HISTORY_BYTES // per_record - 1))
+    return -(-steps // records)
+
+
+@functools.lru_cache(maxsize=256)
+def _init_state(tx: optax.GradientTransformation) -> Callable:
+    """``(x0, values) -> init_state(tx, x0, values)``, one object per ``tx`` (a cache key)."""
+    return functools.partial(optimizers.init_state, tx)
