@@ -295,6 +295,9 @@ def step(c: Carry, t: jax.Array, problem: Problem, *, evaluate: bool) -> Carry:
     """
     running = c.flag == 0
     grad = c.grad if evaluate else problem.value_and_grad(c.params, t - 1, problem.aux)[1]
+    # a stopped run is evaluated at the step it stopped at: a step-dependent source (a
+    # mini-batch) then repeats its stop's values
+    t_eval = jnp.where(running, t, jnp.abs(c.flag) - 1)
     updates, opt_state = problem.tx.update(grad, c.opt_state, c.params)
     # A stopped run's update is multiplied by zero: under vmap XLA:CPU vectorises that, not a
     # select on a per-run predicate (which cost 3-4x the whole step). Every mode computes the
@@ -304,7 +307,7 @@ def step(c: Carry, t: jax.Array, problem: Problem, *, evaluate: bool) -> Carry:
     )
     if not evaluate:  # a hand-written step; nothing stops inside a fast segment
         return c._replace(params=params, opt_state=opt_state)
-    loss, grad = problem.value_and_grad(params, t, problem.aux)
+    loss, grad = problem.value_and_grad(params, t_eval, problem.aux)
     finite = jnp.isfinite(loss)
     flag = jnp.where(running & ~finite, -(t + 1), c.flag)
     met = _tolerance_met(loss, grad, c.loss, problem.gtol, problem.ftol)
@@ -343,14 +346,6 @@ def tree_where(pred: jax.Array, on_true: PyTree, on_false: PyTree) -> PyTree:
 
 
 # --- the run -------------------------------------------------------------------------------------
-
-
-class Replay(NamedTuple):
-    """Where a run in trouble (it diverged inside a segment) is run again from: the carry at the
-    start of that segment, and the segment's first step ``t0`` (-1: no replay)."""
-
-    t0: jax.Array
-    carry: Carry
 
 
 def problem(
@@ -417,13 +412,14 @@ def run(
     opt_state = tx.init(params) if opt_state is None else opt_state
     loop = Loop(problem(value_and_grad, tx, params, aux, gtol, ftol), steps, record_every,
                 record_params, record_fn)
-    state, records = loop.scan(loop.begin(start(loop.problem, params, opt_state)))
-    return loop.finish(loop.replay(state), records)
+    first = start(loop.problem, params, opt_state)
+    carry, records = loop.scan(first)
+    return loop.finish(loop.replay(first, carry), records)
 
 
 class Loop(NamedTuple):
     """The static shape of a run: how its steps group into segments and records, and what each
-    part does. :func:`run` is ``begin``, ``scan``, ``replay`` and ``finish`` in a row."""
+    part does. :func:`run` is :func:`start`, :meth:`scan`, :meth:`replay` and :meth:`finish`."""
 
     problem: Problem
     steps: int
@@ -441,16 +437,6 @@ class Loop(NamedTuple):
     def segment_steps(self) -> int:
         """Steps per segment (a whole number of records' steps when records are that close)."""
         return SEGMENT_STEPS if self.evaluate else FAST_SEGMENT_STEPS
-
-    @property
-    def window(self) -> int:
-        """The longest segment: what a replay runs."""
-        k, size = self.record_every, self.segment_steps
-        return min(k * (size // k) if k <= size else size, self.steps)
-
-    def begin(self, c: Carry) -> tuple[Carry, Replay]:
-        """The segment-level state: the carry and an empty :class:`Replay`."""
-        return c, Replay(jnp.full_like(c.flag, -1), c)
 
     def snapshot(self, c: Carry, t: jax.Array, loss: jax.Array | None = None) -> tuple:
         """One record of the carry of step ``t``: loss, gradient norm, and the parameters and
@@ -470,7 +456,7 @@ class Loop(NamedTuple):
 
     def steps_from(self, c: Carry, t0: jax.Array, n: int) -> Carry:
         """``n`` steps after step ``t0`` (static ``n``; the step count is carried, not scanned
-        over: a per-run ``t0`` would otherwise make XLA materialise every run's step numbers)."""
+        over)."""
 
         def one(carry, _):
             c, t = carry
@@ -480,6 +466,15 @@ class Loop(NamedTuple):
 
     def blocks(self, c: Carry, t0: jax.Array, n_blocks: int, k: int) -> tuple[Carry, tuple]:
         """``n_blocks`` blocks of ``k`` steps, each recorded at its start."""
+        if k == 1:  # every step recorded: the records are the steps' own outputs
+
+            def one(carry, _):
+                c, t = carry
+                record = self.snapshot(c, t)
+                return (step(c, t + 1, self.problem, evaluate=self.evaluate), t + 1), record
+
+            (c, _), records = lax.scan(one, (c, t0), length=n_blocks)
+            return c, records
 
         def block(c, i):
             record = self.snapshot(c, t0 + i * k)
@@ -487,57 +482,39 @@ class Loop(NamedTuple):
 
         return lax.scan(block, c, jnp.arange(n_blocks, dtype=jnp.int32))
 
-    def segment(self, state: tuple[Carry, Replay], t0: jax.Array, n_blocks: int, k: int,
-                record: bool) -> tuple[tuple[Carry, Replay], tuple | None]:
+    def segment(self, c: Carry, t0: jax.Array, n_blocks: int, k: int,
+                record: bool) -> tuple[Carry, tuple | None]:
         """``n_blocks * k`` steps after ``t0`` (records at block starts when ``record``), skipped
-        when no run is running; a run that diverged in it is marked for :meth:`replay`."""
+        when no run is running."""
 
-        def go(c0):
-            running = c0.flag == 0
+        def go(c):
+            running = c.flag == 0
             if record:
-                c, records = self.blocks(c0, t0, n_blocks, k)
+                c, records = self.blocks(c, t0, n_blocks, k)
             else:
-                c, records = self.steps_from(c0, t0, n_blocks * k), None
-            t1 = t0 + n_blocks * k
-            if self.evaluate:
-                # diverged here, or stopped here and carried off by a non-finite update
-                trouble = running & ((c.flag < 0) | ((c.flag > 0) & ~all_finite(c.params)))
-            else:  # the segment's one check (and a current loss and gradient to go on from)
+                c, records = self.steps_from(c, t0, n_blocks * k), None
+            if not self.evaluate:  # the segment's one check, and a current loss and gradient
+                t1 = t0 + n_blocks * k
                 loss, grad = self.problem.value_and_grad(c.params, t1, self.problem.aux)
-                trouble = running & ~jnp.isfinite(loss)
-                c = c._replace(loss=loss, grad=grad, flag=jnp.where(trouble, -(t1 + 1), c.flag))
-            # Runs stopped before the segment get their parameters back: fast steps moved
-            # them, and a zeroed update can still be non-finite.
-            c = lax.cond(batch_any(~running),
-                         lambda c: c._replace(params=tree_where(running, c.params, c0.params)),
-                         lambda c: c, c)
-            return c, trouble, records
+                flag = jnp.where(running & ~jnp.isfinite(loss), -(t1 + 1), c.flag)
+                c = c._replace(loss=loss, grad=grad, flag=flag)
+            return c, records
 
-        def skip(c0):
+        def skip(c):
             records = None
-            if record:  # every record of a stopped run is replaced by its final state
-                records = jax.tree.map(lambda r: jnp.zeros((n_blocks, *r.shape), r.dtype),
-                                       jax.eval_shape(self.snapshot, c0, t0))
-            return c0, jnp.zeros_like(c0.flag, jnp.bool_), records
+            if record:  # the frozen state, recorded once (a diverged run's is settled later)
+                records = jax.tree.map(lambda r: jnp.broadcast_to(r, (n_blocks, *r.shape)),
+                                       self.snapshot(c, t0))
+            return c, records
 
-        def segment(state):
-            c0, saved = state
-            # The segment's start is an operand of the branch only, not the saved state: an
-            # XLA conditional copies its operands.
-            c, trouble, records = lax.cond(batch_any(c0.flag == 0), go, skip, c0)
-            saved = lax.cond(
-                batch_any(trouble),
-                lambda saved: Replay(jnp.where(trouble, t0, saved.t0),
-                                     tree_where(trouble, c0, saved.carry)),
-                lambda saved: saved, saved,
-            )
-            return (c, saved), records
+        def segment(c):
+            return lax.cond(batch_any(c.flag == 0), go, skip, c)
 
         # Differentiating keeps each segment's start and recomputes the segment on the way back.
-        return jax.checkpoint(segment, prevent_cse=False)(state)
+        return jax.checkpoint(segment, prevent_cse=False)(c)
 
-    def scan(self, state: tuple[Carry, Replay]) -> tuple[tuple[Carry, Replay], tuple | None]:
-        """Every step of the run: the last state and the records at steps ``0, k, 2k, ...``
+    def scan(self, c: Carry) -> tuple[Carry, tuple | None]:
+        """Every step of the run: the last carry and the records at steps ``0, k, 2k, ...``
         (without the final one)."""
         k = self.record_every
         n_blocks, tail = divmod(self.steps, k)
@@ -546,72 +523,90 @@ class Loop(NamedTuple):
             per = self.segment_steps // k
             n_segments, rest = divmod(n_blocks, per)
             if n_segments:
-                state, records = lax.scan(
-                    lambda s, i: self.segment(s, i * (per * k), per, k, True), state,
+                c, records = lax.scan(
+                    lambda c, i: self.segment(c, i * (per * k), per, k, True), c,
                     jnp.arange(n_segments, dtype=jnp.int32),
                 )
                 parts.append(jax.tree.map(lambda r: r.reshape(-1, *r.shape[2:]), records))
             if rest:
-                state, records = self.segment(state, jnp.int32(n_segments * per * k), rest, k,
-                                              True)
+                c, records = self.segment(c, jnp.int32(n_segments * per * k), rest, k, True)
                 parts.append(records)
         elif n_blocks:  # blocks of several segments, a record at each block's start
 
-            def block(state, i):
-                return self.advance(state, i * k, k), self.snapshot(state[0], i * k)
+            def block(c, i):
+                return self.advance(c, i * k, k), self.snapshot(c, i * k)
 
-            state, records = lax.scan(block, state, jnp.arange(n_blocks, dtype=jnp.int32))
+            c, records = lax.scan(block, c, jnp.arange(n_blocks, dtype=jnp.int32))
             parts.append(records)
         if tail:  # recorded at its start like a block
             t0 = jnp.int32(n_blocks * k)
-            parts.append(jax.tree.map(lambda r: r[None], self.snapshot(state[0], t0)))
-            state = self.advance(state, t0, tail)
+            parts.append(jax.tree.map(lambda r: r[None], self.snapshot(c, t0)))
+            c = self.advance(c, t0, tail)
         if not parts:
-            return state, None
-        return state, jax.tree.map(lambda *rs: jnp.concatenate(rs), *parts)
+            return c, None
+        return c, jax.tree.map(lambda *rs: jnp.concatenate(rs), *parts)
 
-    def advance(self, state: tuple[Carry, Replay], t0: jax.Array, n: int) -> tuple:
+    def advance(self, c: Carry, t0: jax.Array, n: int) -> Carry:
         """``n`` steps after ``t0`` in segments, without records."""
         size = min(n, self.segment_steps)
         count, rest = divmod(n, size)
         if count:
-            state, _ = lax.scan(
-                lambda s, i: (self.segment(s, t0 + i * size, 1, size, False)[0], None), state,
-                jnp.arange(count, dtype=jnp.int32),
-            )
+            c, _ = lax.scan(lambda c, i: (self.segment(c, t0 + i * size, 1, size, False)[0], None),
+                            c, jnp.arange(count, dtype=jnp.int32))
         if rest:
-            state, _ = self.segment(state, t0 + count * size, 1, rest, False)
-        return state
+            c, _ = self.segment(c, t0 + count * size, 1, rest, False)
+        return c
 
-    def replay(self, state: tuple[Carry, Replay]) -> Carry:
-        """The runs marked in trouble, run again from their segment's start, exactly."""
-        c, saved = state
-        marked = saved.t0 >= 0
-        return lax.cond(batch_any(marked), lambda c: self.redo(saved, c, marked),
+    def marked(self, c: Carry) -> jax.Array:
+        """The runs :meth:`replay` runs again: diverged (their parameters are past their last
+        finite state, or only known to be in trouble by a segment's end), or carried off by a
+        non-finite update after they stopped."""
+        diverged_at_start = c.flag == -1  # nothing to replay: the start is all it has
+        return ((c.flag < 0) | ~all_finite(c.params)) & ~diverged_at_start
+
+    def replay(self, first: Carry, c: Carry) -> Carry:
+        """The :meth:`marked` runs, run again from ``first`` (the carry before step 1) with
+        every step evaluated, keeping the last parameters each held while running (or at the
+        step it converged): a diverged run ends at its last finite state with the step of its
+        divergence. The other runs of a batch wait stopped; segments in which no run is running
+        are skipped, so a replay ends with its last divergence."""
+        marked = self.marked(c)
+        return lax.cond(batch_any(marked), lambda c: self.redo(first, c, marked),
                         lambda c: c, c)
 
-    def redo(self, saved: Replay, c: Carry, marked: jax.Array) -> Carry:
-        """:meth:`replay`'s work. Every run given runs its window again with evaluated steps,
-        keeping the last parameters it held while running (or at the step it converged): a
-        diverged run ends at its last finite state, a stopped one is not carried off by a
-        non-finite update. The ``marked`` runs take the result."""
-        t0 = jnp.maximum(saved.t0, 0)
+    def redo(self, first: Carry, c: Carry, marked: jax.Array) -> Carry:
+        """:meth:`replay`'s work: the marked runs take the replay's parameters and flag."""
+        size = SEGMENT_STEPS
 
-        def one(carry, _):
-            c, good, t = carry
-            good = _keep_good(c, t + 1, good)
-            c = step(c, t + 1, self.problem, evaluate=True)
-            return (c, good, t + 1), None
+        def segment(state, t0, n):
+            def go(state):
+                def one(carry, _):
+                    c, good, t = carry
+                    good = _keep_good(c, t + 1, good)
+                    return (step(c, t + 1, self.problem, evaluate=True), good, t + 1), None
 
-        start = saved.carry._replace(flag=jnp.zeros_like(c.flag))
-        (r, good, t), _ = lax.scan(one, (start, start.params, t0), length=self.window)
-        good = _keep_good(r, t + 1, good)
-        # A replay that met no stop (its arithmetic took another way than the fast steps', a
-        # hair's breadth from overflow) keeps its finite end state, diverged at its window's end.
-        flag = jnp.where(r.flag == 0, -(t + 1), r.flag)
-        return c._replace(**tree_where(
-            marked, {"params": good, "flag": flag}, {"params": c.params, "flag": c.flag}
-        ))
+                c, good, _ = lax.scan(one, (*state, t0), length=n)[0]
+                return c, good
+
+            return lax.cond(batch_any(state[0].flag == 0), go, lambda s: s, state)
+
+        start = first._replace(flag=jnp.where(marked, first.flag, 1))  # the others wait
+        state = (start, start.params)
+        count, rest = divmod(self.steps, size)
+        if count:
+            state, _ = lax.scan(lambda s, i: (segment(s, i * size, size), None), state,
+                                jnp.arange(count, dtype=jnp.int32))
+        if rest:
+            state = segment(state, jnp.int32(count * size), rest)
+        r, good = state
+        good = _keep_good(r, jnp.int32(self.steps + 1), good)
+        loss, grad = self.problem.value_and_grad(good, self.steps_taken(r.flag), self.problem.aux)
+        return tree_where(marked, Carry(good, c.opt_state, loss, grad, r.flag), c)
+
+    def steps_taken(self, flag: jax.Array) -> jax.Array:
+        """Updates applied by a run with this flag (a diverged run's last one is undone)."""
+        stop = jnp.abs(flag) - 1
+        return jnp.where(flag == 0, self.steps, jnp.maximum(stop - (flag < 0), 0)).astype(jnp.int32)
 
     def finish(self, c: Carry, records: tuple | None) -> Result:
         """The :class:`Result` of the last carry: statuses, the final state, settled records."""
@@ -622,33 +617,34 @@ class Loop(NamedTuple):
         status = status.astype(jnp.int32)
         diverged = status == Status.DIVERGED
         stop = jnp.abs(flag) - 1  # the step the run stopped at
-        n_steps = jnp.where(flag == 0, steps, jnp.maximum(stop - diverged, 0)).astype(jnp.int32)
-        # The final state, evaluated once more: the parameters are exact, but the carry's loss
-        # and gradient may be stale or belong to a later step.
-        loss, grad = self.problem.value_and_grad(c.params, n_steps, self.problem.aux)
-        final = self.snapshot(Carry(c.params, None, loss, grad, flag), n_steps, loss)
+        # The carry's loss and gradient are the final state's: evaluated at the step the run
+        # stopped at (or the last), or by the replay at its last finite state.
+        final = self.snapshot(c, self.steps_taken(flag), c.loss)
         nan = lambda v: jnp.where(diverged, jnp.nan, v)  # noqa: E731
         final_record = (nan(final[0]), nan(final[1]), *final[2:])
         at = record_steps(steps, self.record_every)
         if records is None:
             history = jax.tree.map(lambda f: f[None], final_record)
         else:
-            after = (flag != 0) & (jnp.asarray(at[:-1]) >= stop)
+            # A stopped run's records already repeat its final state (its zeroed updates leave it
+            # where it stopped); a diverged run's read NaN from its divergence on.
+            def settle(records):
+                after = diverged & (jnp.asarray(at[:-1]) >= stop)
+                return jax.tree.map(
+                    lambda r, f: jnp.where(after.reshape(-1, *([1] * f.ndim)), f, r),
+                    records, final_record)
 
-            def settle(r, f):
-                return jnp.concatenate([
-                    jnp.where(after.reshape(-1, *([1] * f.ndim)), f, r), f[None]
-                ])
-
-            history = jax.tree.map(settle, records, final_record)
+            records = lax.cond(batch_any(diverged), settle, lambda r: r, records)
+            history = jax.tree.map(lambda r, f: jnp.concatenate([r, f[None]]), records,
+                                   final_record)
         best = jnp.min(jnp.where(jnp.isnan(history[0]), jnp.inf, history[0]))
         return Result(
             params=c.params,
-            loss=loss,
+            loss=c.loss,
             best_loss=best,
             grad_norm=final[1],
             status=status,
-            steps=n_steps,
+            steps=self.steps_taken(flag),
             diverged_at=jnp.where(diverged, stop, -1).astype(jnp.int32),
             history=History(jnp.asarray(at), *history),
         )

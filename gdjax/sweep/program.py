@@ -4,9 +4,9 @@ One program runs a chunk (its config axis sharded over a 1-D mesh named ``sweep`
 running ``vmap`` over its share) in three phases, each the engine's own code under ``vmap``:
 
 1. every config's run, segment by segment (:meth:`gdjax.engine.Loop.scan`);
-2. the replays of the configs that diverged inside a segment, gathered into small batches so
-   that a replay costs what its configs need, not the whole chunk (the one place a sweep does
-   more than ``vmap``: :meth:`gdjax.engine.Loop.replay` replays a whole batch);
+2. the replays of the configs that diverged, gathered into small batches so that a replay
+   costs what its configs need, not the whole chunk (the one place a sweep does more than
+   ``vmap``: :meth:`gdjax.engine.Loop.replay` replays a whole batch);
 3. every config's final state and settled history (:meth:`gdjax.engine.Loop.finish`).
 
 Every numeric hyperparameter lives in the optimiser state (``optax.inject_hyperparams``) and
@@ -80,7 +80,7 @@ def run_configs(varying: PyTree, shared: PyTree, static: Static) -> engine.Resul
 
     def first(one):
         loop, x0, opt_state = setup(one, shared, static)
-        return loop.scan(loop.begin(engine.start(loop.problem, x0, opt_state)))
+        return loop.scan(engine.start(loop.problem, x0, opt_state))
 
     def last(one, carry, records):
         loop = setup(one, shared, static)[0]
@@ -89,28 +89,32 @@ def run_configs(varying: PyTree, shared: PyTree, static: Static) -> engine.Resul
             result = result._replace(loss=static.f.value(result.params, shared["data"]))
         return result
 
-    state, records = jax.vmap(first)(varying)
-    carry = replay_marked(varying, shared, static, state)
+    carry, records = jax.vmap(first)(varying)
+    carry = replay_marked(varying, shared, static, carry)
     return jax.vmap(last)(varying, carry, records)
 
 
-def replay_marked(varying: PyTree, shared: PyTree, static: Static, state: tuple) -> PyTree:
+def replay_marked(varying: PyTree, shared: PyTree, static: Static, carry: PyTree) -> PyTree:
     """:meth:`gdjax.engine.Loop.replay` for a batch, on the marked configs only: they are
     gathered into batches of :func:`replay_batch` and replayed one batch after another."""
-    carry, saved = state
-    marked = saved.t0 >= 0
+
+    def marked_one(one, c):
+        return setup(one, shared, static)[0].marked(c)
+
+    def again(one, c):
+        loop, x0, opt_state = setup(one, shared, static)
+        return loop.redo(engine.start(loop.problem, x0, opt_state), c, jnp.array(True))
+
+    marked = jax.vmap(marked_one)(varying, carry)
     size = marked.shape[0]
     part = replay_batch(size)
     rounds = -(-size // part)
     order = jnp.nonzero(marked, size=rounds * part, fill_value=size)[0]  # marked first
 
-    def again(one, saved_one, carry_one):
-        return setup(one, shared, static)[0].redo(saved_one, carry_one, jnp.array(True))
-
     def round_(r, carry):
         at = lax.dynamic_slice(order, (r * part,), (part,))  # `size` past the marked ones
         take = lambda a: a.at[at].get(mode="clip")  # noqa: E731
-        done = jax.vmap(again)(*(jax.tree.map(take, t) for t in (varying, saved, carry)))
+        done = jax.vmap(again)(jax.tree.map(take, varying), jax.tree.map(take, carry))
         return jax.tree.map(lambda a, b: a.at[at].set(b, mode="drop"), carry, done)
 
     count = jnp.sum(marked, dtype=jnp.int32)
@@ -170,9 +174,9 @@ class Shapes(NamedTuple):
 def shapes(static: Static, v_def: Any, s_def: Any, v_avals: tuple, s_avals: tuple) -> Shapes:
     """:class:`Shapes` of the program ``static`` on arguments of these structures and shapes.
 
-    Working set: the carry and its saved copy for a replay (parameters, gradient, optimiser
-    state, twice), two more copies of the parameters for the step in flight, the records; for
-    ``fit``-style sweeps the batch indices and two gathered batches.
+    Working set: the carry (parameters, gradient, optimiser state), two more copies of the
+    parameters for the step in flight, the records; for ``fit``-style sweeps the batch
+    indices and two gathered batches.
     """
     one = jax.tree.unflatten(v_def, [jax.ShapeDtypeStruct(s, d) for s, d in v_avals])
     shared = jax.tree.unflatten(s_def, [jax.ShapeDtypeStruct(s, d) for s, d in s_avals])
@@ -183,7 +187,7 @@ def shapes(static: Static, v_def: Any, s_def: Any, v_avals: tuple, s_avals: tupl
     )
     x0 = one.get("x0", shared["x0"])
     state = _nbytes(jax.eval_shape(static.tx.init, x0))
-    work = 2 * (2 * _nbytes(x0) + state) + 2 * _nbytes(x0) + _nbytes(outcome.history)
+    work = 4 * _nbytes(x0) + state + _nbytes(outcome.history)
     if static.n:
         sample = sum(math.prod(a.shape[1:]) * np.dtype(a.dtype).itemsize
                      for a in jax.tree.leaves(shared["data"]))
