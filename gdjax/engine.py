@@ -278,7 +278,7 @@ def batch_any(x: jax.Array) -> jax.Array:
 # --- the step ------------------------------------------------------------------------------------
 
 
-def step(c: Carry, t: jax.Array, problem: Problem, *, evaluate: bool) -> Carry:
+def step(c: Carry, t: jax.Array, problem: Problem, *, evaluate: bool, limit: int) -> Carry:
     """Step ``t`` of a run: one update for a running run, none for a stopped one.
 
     Args:
@@ -289,15 +289,17 @@ def step(c: Carry, t: jax.Array, problem: Problem, *, evaluate: bool) -> Carry:
         diverged; ``gtol``/``ftol`` met -> converged. Without it the step is a hand-written
         loop's: the gradient at the current parameters (which XLA fuses with the update), no
         loss, ``flag`` unchanged and the carry's loss and gradient left stale.
+      limit: the run's number of steps; a step past it changes nothing (a loop's segments all
+        have one length, the last one padded).
 
     Returns:
       The carry after step ``t``.
     """
-    running = c.flag == 0
+    running = (c.flag == 0) & (t <= limit)
     grad = c.grad if evaluate else problem.value_and_grad(c.params, t - 1, problem.aux)[1]
     # a stopped run is evaluated at the step it stopped at: a step-dependent source (a
     # mini-batch) then repeats its stop's values
-    t_eval = jnp.where(running, t, jnp.abs(c.flag) - 1)
+    t_eval = jnp.where(c.flag == 0, jnp.minimum(t, limit), jnp.abs(c.flag) - 1)
     updates, opt_state = problem.tx.update(grad, c.opt_state, c.params)
     # A stopped run's update is multiplied by zero: under vmap XLA:CPU vectorises that, not a
     # select on a per-run predicate (which cost 3-4x the whole step). Every mode computes the
@@ -460,7 +462,8 @@ class Loop(NamedTuple):
 
         def one(carry, _):
             c, t = carry
-            return (step(c, t + 1, self.problem, evaluate=self.evaluate), t + 1), None
+            c = step(c, t + 1, self.problem, evaluate=self.evaluate, limit=self.steps)
+            return (c, t + 1), None
 
         return lax.scan(one, (c, t0), length=n)[0][0]
 
@@ -471,7 +474,8 @@ class Loop(NamedTuple):
             def one(carry, _):
                 c, t = carry
                 record = self.snapshot(c, t)
-                return (step(c, t + 1, self.problem, evaluate=self.evaluate), t + 1), record
+                c = step(c, t + 1, self.problem, evaluate=self.evaluate, limit=self.steps)
+                return (c, t + 1), record
 
             (c, _), records = lax.scan(one, (c, t0), length=n_blocks)
             return c, records
@@ -494,7 +498,7 @@ class Loop(NamedTuple):
             else:
                 c, records = self.steps_from(c, t0, n_blocks * k), None
             if not self.evaluate:  # the segment's one check, and a current loss and gradient
-                t1 = t0 + n_blocks * k
+                t1 = jnp.minimum(t0 + n_blocks * k, self.steps)
                 loss, grad = self.problem.value_and_grad(c.params, t1, self.problem.aux)
                 flag = jnp.where(running & ~jnp.isfinite(loss), -(t1 + 1), c.flag)
                 c = c._replace(loss=loss, grad=grad, flag=flag)
@@ -504,7 +508,7 @@ class Loop(NamedTuple):
             records = None
             if record:  # the frozen state, recorded once (a diverged run's is settled later)
                 records = jax.tree.map(lambda r: jnp.broadcast_to(r, (n_blocks, *r.shape)),
-                                       self.snapshot(c, t0))
+                                       self.snapshot(c, t0, c.loss))
             return c, records
 
         def segment(c):
@@ -515,44 +519,29 @@ class Loop(NamedTuple):
 
     def scan(self, c: Carry) -> tuple[Carry, tuple | None]:
         """Every step of the run: the last carry and the records at steps ``0, k, 2k, ...``
-        (without the final one)."""
+        below ``steps``. Segments all have one length (one compiled loop); the last is padded
+        with steps that change nothing."""
         k = self.record_every
-        n_blocks, tail = divmod(self.steps, k)
-        parts = []
+        n_blocks = -(-self.steps // k)
         if k <= self.segment_steps:  # segments of whole blocks, records inside
-            per = self.segment_steps // k
-            n_segments, rest = divmod(n_blocks, per)
-            if n_segments:
-                c, records = lax.scan(
-                    lambda c, i: self.segment(c, i * (per * k), per, k, True), c,
-                    jnp.arange(n_segments, dtype=jnp.int32),
-                )
-                parts.append(jax.tree.map(lambda r: r.reshape(-1, *r.shape[2:]), records))
-            if rest:
-                c, records = self.segment(c, jnp.int32(n_segments * per * k), rest, k, True)
-                parts.append(records)
-        elif n_blocks:  # blocks of several segments, a record at each block's start
+            per = min(self.segment_steps // k, n_blocks)
+            c, records = lax.scan(lambda c, i: self.segment(c, i * (per * k), per, k, True), c,
+                                  jnp.arange(-(-n_blocks // per), dtype=jnp.int32))
+            records = jax.tree.map(lambda r: r.reshape(-1, *r.shape[2:])[:n_blocks], records)
+        else:  # blocks of several segments, a record at each block's start
 
             def block(c, i):
                 return self.advance(c, i * k, k), self.snapshot(c, i * k)
 
             c, records = lax.scan(block, c, jnp.arange(n_blocks, dtype=jnp.int32))
-            parts.append(records)
-        if tail:  # recorded at its start like a block
-            t0 = jnp.int32(n_blocks * k)
-            parts.append(jax.tree.map(lambda r: r[None], self.snapshot(c, t0)))
-            c = self.advance(c, t0, tail)
-        if not parts:
-            return c, None
-        return c, jax.tree.map(lambda *rs: jnp.concatenate(rs), *parts)
+        return c, records
 
     def advance(self, c: Carry, t0: jax.Array, n: int) -> Carry:
         """``n`` steps after ``t0`` in segments, without records."""
-        size = min(n, self.segment_steps)
+        size = n // -(-n // self.segment_steps)  # the most even split under segment_steps
         count, rest = divmod(n, size)
-        if count:
-            c, _ = lax.scan(lambda c, i: (self.segment(c, t0 + i * size, 1, size, False)[0], None),
-                            c, jnp.arange(count, dtype=jnp.int32))
+        c, _ = lax.scan(lambda c, i: (self.segment(c, t0 + i * size, 1, size, False)[0], None),
+                        c, jnp.arange(count, dtype=jnp.int32))
         if rest:
             c, _ = self.segment(c, t0 + count * size, 1, rest, False)
         return c
@@ -576,28 +565,24 @@ class Loop(NamedTuple):
 
     def redo(self, first: Carry, c: Carry, marked: jax.Array) -> Carry:
         """:meth:`replay`'s work: the marked runs take the replay's parameters and flag."""
-        size = SEGMENT_STEPS
+        size = min(SEGMENT_STEPS, self.steps)
 
-        def segment(state, t0, n):
+        def segment(state, i):
             def go(state):
                 def one(carry, _):
                     c, good, t = carry
                     good = _keep_good(c, t + 1, good)
-                    return (step(c, t + 1, self.problem, evaluate=True), good, t + 1), None
+                    c = step(c, t + 1, self.problem, evaluate=True, limit=self.steps)
+                    return (c, good, t + 1), None
 
-                c, good, _ = lax.scan(one, (*state, t0), length=n)[0]
+                c, good, _ = lax.scan(one, (*state, i * size), length=size)[0]
                 return c, good
 
-            return lax.cond(batch_any(state[0].flag == 0), go, lambda s: s, state)
+            return lax.cond(batch_any(state[0].flag == 0), go, lambda s: s, state), None
 
         start = first._replace(flag=jnp.where(marked, first.flag, 1))  # the others wait
-        state = (start, start.params)
-        count, rest = divmod(self.steps, size)
-        if count:
-            state, _ = lax.scan(lambda s, i: (segment(s, i * size, size), None), state,
-                                jnp.arange(count, dtype=jnp.int32))
-        if rest:
-            state = segment(state, jnp.int32(count * size), rest)
+        state, _ = lax.scan(segment, (start, start.params),
+                            jnp.arange(-(-self.steps // size), dtype=jnp.int32))
         r, good = state
         good = _keep_good(r, jnp.int32(self.steps + 1), good)
         loss, grad = self.problem.value_and_grad(good, self.steps_taken(r.flag), self.problem.aux)
