@@ -275,6 +275,47 @@ def batch_any(x: jax.Array) -> jax.Array:
     return _batch_any_p.bind(jnp.asarray(x, jnp.bool_))
 
 
+_probe_p = jax_core.Primitive("gdjax_batched_probe")
+_probe_p.def_impl(lambda x, *, seen: x)
+_probe_p.def_abstract_eval(lambda x, *, seen: x)
+mlir.register_lowering(_probe_p, mlir.lower_fun(lambda x, *, seen: x, multiple_results=False))
+
+
+def _probe_rule(args, dims, *, seen):
+    seen.hit = True
+    return args[0], dims[0]
+
+
+batching.primitive_batchers[_probe_p] = _probe_rule
+
+
+class _Seen:
+    """A flag set by :func:`batched_leaves`' probe (hashable by identity: a primitive param)."""
+
+    hit = False
+
+
+def batched_leaves(fn: Callable, *args: Any, in_axes: Any = 0) -> PyTree:
+    """Which leaves of ``fn(*args)``'s output depend on the ``vmap``-ped inputs: a pytree of
+    bools like the output, found by tracing ``jax.vmap(fn, in_axes)`` once (no computation).
+
+    ``jax.vmap`` returns every output with a batch axis, even one no input changes (an
+    optimiser's step count, say); a program that takes such a carry back in must keep those
+    leaves unbatched (``in_axes=None``), or it computes per run what is one number.
+    """
+    flags = []
+
+    def probed(*a):
+        leaves, treedef = jax.tree.flatten(fn(*a))
+        flags.extend(_Seen() for _ in leaves)
+        flags.append(treedef)
+        return [_probe_p.bind(x, seen=f) for x, f in zip(leaves, flags, strict=False)]
+
+    jax.eval_shape(jax.vmap(probed, in_axes=in_axes), *args)
+    treedef = flags.pop()
+    return jax.tree.unflatten(treedef, [f.hit for f in flags])
+
+
 # --- the step ------------------------------------------------------------------------------------
 
 
@@ -517,24 +558,41 @@ class Loop(NamedTuple):
         # Differentiating keeps each segment's start and recomputes the segment on the way back.
         return jax.checkpoint(segment, prevent_cse=False)(c)
 
-    def scan(self, c: Carry) -> tuple[Carry, tuple | None]:
-        """Every step of the run: the last carry and the records at steps ``0, k, 2k, ...``
-        below ``steps``. Segments all have one length (one compiled loop); the last is padded
-        with steps that change nothing."""
+    @property
+    def per_unit(self) -> int:
+        """Records (blocks of ``record_every`` steps) per unit of the loop: a segment of whole
+        blocks when records are that close, else one block of several segments."""
         k = self.record_every
-        n_blocks = -(-self.steps // k)
-        if k <= self.segment_steps:  # segments of whole blocks, records inside
-            per = min(self.segment_steps // k, n_blocks)
-            c, records = lax.scan(lambda c, i: self.segment(c, i * (per * k), per, k, True), c,
-                                  jnp.arange(-(-n_blocks // per), dtype=jnp.int32))
-            records = jax.tree.map(lambda r: r.reshape(-1, *r.shape[2:])[:n_blocks], records)
-        else:  # blocks of several segments, a record at each block's start
+        return min(self.segment_steps // k, self.blocks_count) if k <= self.segment_steps else 1
 
-            def block(c, i):
-                return self.advance(c, i * k, k), self.snapshot(c, i * k)
+    @property
+    def blocks_count(self) -> int:
+        """Blocks of ``record_every`` steps (the last one may be short): one record each."""
+        return -(-self.steps // self.record_every)
 
-            c, records = lax.scan(block, c, jnp.arange(n_blocks, dtype=jnp.int32))
-        return c, records
+    @property
+    def units(self) -> int:
+        """Units in the loop (all of one length; the last padded with steps that change
+        nothing)."""
+        return -(-self.blocks_count // self.per_unit)
+
+    def unit(self, c: Carry, i: jax.Array) -> tuple[Carry, tuple]:
+        """The ``i``-th unit of the loop: the carry after it and its :attr:`per_unit` records."""
+        k = self.record_every
+        if k <= self.segment_steps:
+            return self.segment(c, i * (self.per_unit * k), self.per_unit, k, True)
+        record = self.snapshot(c, i * k)
+        return self.advance(c, i * k, k), jax.tree.map(lambda r: r[None], record)
+
+    def scan(self, c: Carry) -> tuple[Carry, tuple]:
+        """Every unit of the run: the last carry and the records at steps ``0, k, 2k, ...``
+        below ``steps``."""
+        c, records = lax.scan(self.unit, c, jnp.arange(self.units, dtype=jnp.int32))
+        return c, self.trim(records)
+
+    def trim(self, records: tuple) -> tuple:
+        """Records of every unit, ``(units, per_unit, ...)``, as one per block."""
+        return jax.tree.map(lambda r: r.reshape(-1, *r.shape[2:])[: self.blocks_count], records)
 
     def advance(self, c: Carry, t0: jax.Array, n: int) -> Carry:
         """``n`` steps after ``t0`` in segments, without records."""
@@ -611,15 +669,16 @@ class Loop(NamedTuple):
         if records is None:
             history = jax.tree.map(lambda f: f[None], final_record)
         else:
-            # A stopped run's records already repeat its final state (its zeroed updates leave it
-            # where it stopped); a diverged run's read NaN from its divergence on.
+            # From a run's stop on, its records repeat its final state; a diverged run's loss
+            # and gradient norm read NaN from its divergence on. (A stopped run's records mostly
+            # are that already; a sweep's compacted legs leave them unwritten.)
             def settle(records):
-                after = diverged & (jnp.asarray(at[:-1]) >= stop)
+                after = (flag != 0) & (jnp.asarray(at[:-1]) >= stop)
                 return jax.tree.map(
                     lambda r, f: jnp.where(after.reshape(-1, *([1] * f.ndim)), f, r),
                     records, final_record)
 
-            records = lax.cond(batch_any(diverged), settle, lambda r: r, records)
+            records = lax.cond(batch_any(flag != 0), settle, lambda r: r, records)
             history = jax.tree.map(lambda r, f: jnp.concatenate([r, f[None]]), records,
                                    final_record)
         best = jnp.min(jnp.where(jnp.isnan(history[0]), jnp.inf, history[0]))

@@ -15,7 +15,7 @@ from gdjax.batching import fit
 from gdjax.descent import minimize
 from gdjax.sweep import LogUniform, Uniform, starts_grid, sweep
 
-program = importlib.import_module("gdjax.sweep.program")  # gdjax.sweep is the function
+runner = importlib.import_module("gdjax.sweep.runner")  # gdjax.sweep is the function
 
 A = 4.0  # curvature of the bowl: plain gradient descent converges iff eta < 2 / A = 0.5
 F32_MAX = float(np.finfo(np.float32).max)
@@ -320,7 +320,7 @@ def test_chunks_and_resume_after_interruption(tmp_path, monkeypatch):
     whole = sweep(bowl, np.float32([1.0]), "sgd", grid=grid, **kw)
     assert whole.counts()["diverged"] > 0
 
-    run_chunk, calls, stop = program.run_chunk, [], {"at": 3}
+    run_chunk, calls, stop = runner.run_chunk, [], {"at": 3}
 
     class Interrupted(Exception):
         pass
@@ -332,14 +332,14 @@ def test_chunks_and_resume_after_interruption(tmp_path, monkeypatch):
             raise Interrupted  # the sweep is stopped (Ctrl-C, a killed job) in its third chunk
         return run_chunk(*args, **kwargs)
 
-    monkeypatch.setattr(program, "run_chunk", interrupted)
+    monkeypatch.setattr(runner, "run_chunk", interrupted)
     with pytest.raises(Interrupted):
         sweep(bowl, np.float32([1.0]), "sgd", grid=grid, checkpoint=tmp_path, **kw)
-    # Chunk 1 was in flight (each chunk is dispatched before the previous one is collected).
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["g0-c0.npz", "manifest.json"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["g0-c0.npz", "g0-c1.npz",
+                                                           "manifest.json"]
     calls.clear()
     resumed = sweep(bowl, np.float32([1.0]), "sgd", grid=grid, checkpoint=tmp_path, **kw)
-    assert len(calls) == 2  # 40 configs in chunks of 16: one was on disk, two were left
+    assert len(calls) == 1  # 40 configs in chunks of 16: two were on disk, one was left
     assert table_text(resumed) == table_text(whole)
     for field in ("params", "loss", "status", "diverged_at", "steps"):
         np.testing.assert_array_equal(getattr(resumed, field), getattr(whole, field))
@@ -355,8 +355,8 @@ def test_chunks_and_resume_after_interruption(tmp_path, monkeypatch):
 
 def test_memory_budget_sets_chunks_and_progress_shows(capsys, monkeypatch):
     chunks = []
-    run_chunk = program.run_chunk
-    monkeypatch.setattr(program, "run_chunk",
+    run_chunk = runner.run_chunk
+    monkeypatch.setattr(runner, "run_chunk",
                         lambda v, *a, **k: chunks.append(len(v["hyper"]["learning_rate"]))
                         or run_chunk(v, *a, **k))
     lrs = np.linspace(0.1, 0.3, 40)
@@ -377,3 +377,30 @@ def test_repr_and_table_top():
     text = table_text(res, top=2)
     rows = [line for line in text.splitlines() if line.startswith("│")]
     assert len(rows) == 2 and "0.3" in rows[0] and not any("diverged" in r for r in rows)
+
+
+# --- early exit: stopped configs stop costing -----------------------------------------------------
+
+
+def test_compacted_legs_give_the_results_of_the_full_batch(monkeypatch):
+    # 256 configs: most converge within the first segments, some diverge, a few run to the end;
+    # with compaction the running ones move into smaller batches (seen by the legs' sizes),
+    # and every field of every config is the same as without it, bit for bit.
+    legs = []
+    leg = runner.program.leg
+    monkeypatch.setattr(runner.program, "leg",
+                        lambda v, s, c, *a: legs.append(len(c.flag)) or leg(v, s, c, *a))
+    lrs = np.concatenate([np.linspace(0.2, 0.45, 200), np.full(40, 1e-3), np.linspace(0.6, 1, 16)])
+    kw = dict(grid={"learning_rate": lrs.astype(np.float32)}, steps=600, tol=1e-4,
+              record_every=7, record_params=True, progress=False)
+    compact = sweep(bowl, np.float32([1.0, -0.5]), "sgd", compact=True, **kw)
+    sizes = list(legs)
+    legs.clear()
+    full = sweep(bowl, np.float32([1.0, -0.5]), "sgd", compact=False, **kw)
+    assert legs == [256] and sizes[0] == 256 and min(sizes) <= 64, sizes
+    assert set(compact.status.names()) == {"converged", "max_steps", "diverged"}
+    fields = ("params", "loss", "best_loss", "grad_norm", "status", "steps", "diverged_at",
+              "history")
+    for a, b in zip(jax.tree.leaves([getattr(compact, f) for f in fields]),
+                    jax.tree.leaves([getattr(full, f) for f in fields]), strict=True):
+        np.testing.assert_array_equal(a, b)

@@ -82,6 +82,7 @@ def sweep(
     memory_budget: int = DEFAULT_MEMORY_BUDGET,
     progress: bool | None = None,
     checkpoint: str | os.PathLike | None = None,
+    compact: bool = True,
     **hyperparameters: Any,
 ) -> SweepResult:
     """Run every config of a grid, each as :func:`gdjax.minimize` (or :func:`gdjax.fit`) would.
@@ -126,6 +127,9 @@ def sweep(
       checkpoint: a directory: each finished chunk is saved there (``.npz``) beside a JSON manifest
         holding a fingerprint of the sweep; the same call with the same directory skips finished
         chunks. With several processes it must be a directory they share.
+      compact: once three quarters of a chunk's configs have stopped, run the others on in a
+        batch a power of two smaller (each size compiles once), so stopped configs stop
+        costing. Results are the same either way.
       **hyperparameters: fixed hyperparameters of the optimiser for every config (a number, or an
         optax schedule for ``learning_rate``).
 
@@ -235,6 +239,7 @@ def sweep(
             groups, varying, shared, chunk_size=chunk_size, memory_budget=memory_budget,
             progress=progress, checkpoint=checkpoint,
             describe=runner.describe(f, optimizer, eval_fn),
+            compact=inputs.flag("compact", compact),
         )
     return SweepResult(grid=axes, **out._asdict())
 

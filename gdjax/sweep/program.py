@@ -1,16 +1,18 @@
-"""The compiled program of a sweep: ``vmap`` of the engine's run over a chunk of configs.
+"""The compiled programs of a sweep: the engine's own loop under ``vmap``, over a chunk of configs.
 
-One program runs a chunk (its config axis sharded over a 1-D mesh named ``sweep``, each device
-running ``vmap`` over its share) in three phases, each the engine's own code under ``vmap``:
+A chunk's config axis is sharded over a 1-D mesh named ``sweep``; every program runs
+``jax.vmap`` of the engine's per-run code on each device's share (:func:`sharded`):
 
-1. every config's run, segment by segment (:meth:`gdjax.engine.Loop.scan`);
-2. the replays of the configs that diverged, gathered into small batches so that a replay
-   costs what its configs need, not the whole chunk (the one place a sweep does more than
-   ``vmap``: :meth:`gdjax.engine.Loop.replay` replays a whole batch);
-3. every config's final state and settled history (:meth:`gdjax.engine.Loop.finish`).
+* :func:`begin`: every config's start and an empty record buffer;
+* :func:`leg`: units of the loop (:meth:`gdjax.engine.Loop.unit`) until the last one, or until
+  so few configs are still running that the runner gathers them into a smaller batch
+  (finished configs stop costing);
+* :func:`replay`: the diverged configs' replays (:meth:`gdjax.engine.Loop.redo`), run on them
+  alone;
+* :func:`finish`: every config's final state and settled history.
 
 Every numeric hyperparameter lives in the optimiser state (``optax.inject_hyperparams``) and
-reaches the program as an array, so new grid values never recompile.
+reaches the programs as an array, so new grid values never recompile.
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ AXIS = "sweep"
 
 
 class Static(NamedTuple):
-    """What one compiled program is specialised on (hashable: a jit static argument)."""
+    """What a compiled program is specialised on (hashable: a jit static argument)."""
 
     f: inputs.static
     tx: optax.GradientTransformation
@@ -53,8 +55,8 @@ class Static(NamedTuple):
     mesh: jax.sharding.Mesh
 
 
-def setup(one: PyTree, shared: PyTree, static: Static) -> tuple[engine.Loop, PyTree, PyTree]:
-    """One config's loop, start and optimiser state: exactly what ``minimize`` (or ``fit``)
+def setup(one: PyTree, shared: PyTree, static: Static) -> tuple[engine.Loop, engine.Carry]:
+    """One config's loop and its carry before step 1: exactly what ``minimize`` (or ``fit``)
     runs, with its values as arrays."""
     x0 = one.get("x0", shared["x0"])
     opt_state = optimizers.init_state(static.tx, x0, {**shared["hyper"], **one["hyper"]})
@@ -72,67 +74,156 @@ def setup(one: PyTree, shared: PyTree, static: Static) -> tuple[engine.Loop, PyT
     problem = engine.problem(source, static.tx, x0, aux, shared["tol"], shared["ftol"])
     loop = engine.Loop(problem, static.steps, static.record_every, static.record_params,
                        static.eval_fn.value)
-    return loop, x0, opt_state
+    return loop, engine.start(problem, x0, opt_state)
 
 
-def run_configs(varying: PyTree, shared: PyTree, static: Static) -> engine.Result:
-    """Every config of ``varying`` (leading axis) run to its end: the three phases."""
+def shape(shared: PyTree, static: Static) -> engine.Loop:
+    """The loop's static shape (units, records per unit), without tracing the objective."""
+    problem = engine.Problem(None, static.tx, None, shared["tol"], shared["ftol"])
+    return engine.Loop(problem, static.steps, static.record_every)
 
-    def first(one):
-        loop, x0, opt_state = setup(one, shared, static)
-        return loop.scan(engine.start(loop.problem, x0, opt_state))
 
-    def last(one, carry, records):
-        loop = setup(one, shared, static)[0]
-        result = loop.finish(carry, records)
+def carry_axes(varying: PyTree, shared: PyTree, static: Static) -> PyTree:
+    """The config axis of each leaf of a chunk's carry between programs: 0 where a leaf
+    depends on its config, ``None`` where it does not (an optimiser's step count, a fixed
+    hyperparameter), so that every program keeps those unbatched as one run's loop does."""
+
+    def after_a_unit(one, shared):
+        loop, carry = setup(one, shared, static)
+        return carry, loop.unit(carry, jnp.int32(0))[0]
+
+    first, later = engine.batched_leaves(after_a_unit, varying, shared, in_axes=(0, None))
+    return jax.tree.map(lambda a, b: 0 if a or b else None, first, later)
+
+
+def _specs(axes: PyTree) -> PyTree:
+    return jax.tree.map(lambda a: P() if a is None else P(AXIS), axes,
+                        is_leaf=lambda a: a is None)
+
+
+def _shard(fn: Callable, static: Static, in_specs: tuple, out_specs: Any) -> Callable:
+    return jax.shard_map(fn, mesh=static.mesh, in_specs=in_specs, out_specs=out_specs,
+                         check_vma=False)
+
+
+@functools.partial(jax.jit, static_argnums=2)
+def begin(varying: PyTree, shared: PyTree, static: Static) -> tuple[engine.Carry, tuple]:
+    """Every config's carry before step 1, and a zeroed record buffer (one row of records per
+    config, every unit's)."""
+    axes = carry_axes(varying, shared, static)
+
+    def one(v):
+        loop, carry = setup(v, shared, static)
+        records = jax.eval_shape(loop.unit, carry, jnp.int32(0))[1]
+        buffer = jax.tree.map(
+            lambda r: jnp.zeros((loop.units * r.shape[0], *r.shape[1:]), r.dtype), records)
+        return carry, buffer
+
+    return _shard(lambda v, s: jax.vmap(one, out_axes=(axes, 0))(v), static, (P(AXIS), P()),
+                  (_specs(axes), P(AXIS)))(varying, shared)
+
+
+@functools.partial(jax.jit, static_argnums=(6,), donate_argnums=(2, 3))
+def leg(varying: PyTree, shared: PyTree, carry: engine.Carry, buffer: tuple, unit: jax.Array,
+        stop_at: jax.Array, static: Static) -> tuple:
+    """Units from ``unit`` on, until the last or until at most ``stop_at`` configs (of the whole
+    chunk, on every device together) are running: ``(carry, buffer, next unit, running)``."""
+    axes = carry_axes(varying, shared, static)
+    loop = shape(shared, static)
+
+    def run(varying, shared, carry, buffer, unit, stop_at):
+        def running(carry):
+            return lax.psum(jnp.sum(carry.flag == 0, dtype=jnp.int32), AXIS)
+
+        def more(state):
+            carry, _, i = state
+            return (i < loop.units) & (running(carry) > stop_at)
+
+        def body(state):
+            carry, buffer, i = state
+            carry, records = jax.vmap(
+                lambda v, c: setup(v, shared, static)[0].unit(c, i), in_axes=(0, axes),
+                out_axes=(axes, 0),
+            )(varying, carry)
+            buffer = jax.tree.map(
+                lambda b, r: lax.dynamic_update_slice_in_dim(b, r, i * loop.per_unit, axis=1),
+                buffer, records)
+            return carry, buffer, i + 1
+
+        carry, buffer, unit = lax.while_loop(more, body, (carry, buffer, unit))
+        return carry, buffer, unit, running(carry)
+
+    specs = _specs(axes)
+    return _shard(run, static, (P(AXIS), P(), specs, P(AXIS), P(), P()),
+                  (specs, P(AXIS), P(), P()))(varying, shared, carry, buffer, unit, stop_at)
+
+
+@functools.partial(jax.jit, static_argnums=3)
+def marked(varying: PyTree, shared: PyTree, carry: engine.Carry, static: Static) -> jax.Array:
+    """Which configs :func:`replay` must run again (:meth:`gdjax.engine.Loop.marked`)."""
+    axes = carry_axes(varying, shared, static)
+
+    def run(v, s, c):
+        return jax.vmap(lambda v, c: setup(v, s, static)[0].marked(c), in_axes=(0, axes))(v, c)
+
+    return _shard(run, static, (P(AXIS), P(), _specs(axes)), P(AXIS))(varying, shared, carry)
+
+
+@functools.partial(jax.jit, static_argnums=3)
+def replay(varying: PyTree, shared: PyTree, carry: engine.Carry, static: Static) -> engine.Carry:
+    """Every config given run again from its start (:meth:`gdjax.engine.Loop.redo`)."""
+    axes = carry_axes(varying, shared, static)
+
+    def one(v, c):
+        loop, first = setup(v, shared, static)
+        return loop.redo(first, c, jnp.array(True))
+
+    specs = _specs(axes)
+    return _shard(lambda v, s, c: jax.vmap(one, in_axes=(0, axes), out_axes=axes)(v, c), static,
+                  (P(AXIS), P(), specs), specs)(varying, shared, carry)
+
+
+@functools.partial(jax.jit, static_argnums=4)
+def finish(varying: PyTree, shared: PyTree, carry: engine.Carry, buffer: tuple,
+           static: Static) -> engine.Result:
+    """Every config's :class:`gdjax.Result`."""
+    axes = carry_axes(varying, shared, static)
+
+    def one(v, c, b):
+        loop = setup(v, shared, static)[0]
+        result = loop.finish(c, loop.trim(jax.tree.map(lambda r: r[None], b)))
         if static.n:  # fit reports the loss over the whole data set
             result = result._replace(loss=static.f.value(result.params, shared["data"]))
         return result
 
-    carry, records = jax.vmap(first)(varying)
-    carry = replay_marked(varying, shared, static, carry)
-    return jax.vmap(last)(varying, carry, records)
+    return _shard(lambda v, s, c, b: jax.vmap(one, in_axes=(0, axes, 0))(v, c, b), static,
+                  (P(AXIS), P(), _specs(axes), P(AXIS)), P(AXIS))(varying, shared, carry, buffer)
 
 
-def replay_marked(varying: PyTree, shared: PyTree, static: Static, carry: PyTree) -> PyTree:
-    """:meth:`gdjax.engine.Loop.replay` for a batch, on the marked configs only: they are
-    gathered into batches of :func:`replay_batch` and replayed one batch after another."""
-
-    def marked_one(one, c):
-        return setup(one, shared, static)[0].marked(c)
-
-    def again(one, c):
-        loop, x0, opt_state = setup(one, shared, static)
-        return loop.redo(engine.start(loop.problem, x0, opt_state), c, jnp.array(True))
-
-    marked = jax.vmap(marked_one)(varying, carry)
-    size = marked.shape[0]
-    part = replay_batch(size)
-    rounds = -(-size // part)
-    order = jnp.nonzero(marked, size=rounds * part, fill_value=size)[0]  # marked first
-
-    def round_(r, carry):
-        at = lax.dynamic_slice(order, (r * part,), (part,))  # `size` past the marked ones
-        take = lambda a: a.at[at].get(mode="clip")  # noqa: E731
-        done = jax.vmap(again)(jax.tree.map(take, varying), jax.tree.map(take, carry))
-        return jax.tree.map(lambda a, b: a.at[at].set(b, mode="drop"), carry, done)
-
-    count = jnp.sum(marked, dtype=jnp.int32)
-    return lax.fori_loop(0, (count + part - 1) // part, round_, carry)
+def flat_axes(axes: PyTree) -> tuple:
+    """A tree of 0 / ``None`` (:func:`carry_axes`) as a flat, hashable tuple."""
+    return tuple(jax.tree.leaves(axes, is_leaf=lambda a: a is None))
 
 
-def replay_batch(size: int) -> int:
-    """Configs per replay batch for a batch of ``size``: an eighth of it, at least 16."""
-    return min(size, max(16, -(-size // 8)))
+@functools.partial(jax.jit, static_argnums=(2, 3))
+def take(tree: PyTree, at: jax.Array, axes: tuple, sharding: NamedSharding) -> PyTree:
+    """Rows ``at`` of the leaves with a config axis (``axes``, flat: 0 or ``None`` per leaf), a
+    compacted batch laid out over the mesh."""
+    leaves, treedef = jax.tree.flatten(tree)
+    return jax.tree.unflatten(treedef, [
+        a if ax is None else jax.lax.with_sharding_constraint(a[at], sharding)
+        for a, ax in zip(leaves, axes, strict=True)
+    ])
 
 
-@functools.partial(jax.jit, static_argnums=2)
-def run_chunk(varying: PyTree, shared: PyTree, static: Static) -> engine.Result:
-    """:func:`run_configs` on a chunk whose config axis is sharded over ``static.mesh``."""
-    return jax.shard_map(
-        lambda v, s: run_configs(v, s, static), mesh=static.mesh, in_specs=(P(AXIS), P()),
-        out_specs=P(AXIS), check_vma=False,
-    )(varying, shared)
+@functools.partial(jax.jit, static_argnums=3, donate_argnums=0)
+def put_rows(tree: PyTree, at: jax.Array, rows: PyTree, axes: tuple) -> PyTree:
+    """``tree`` with rows ``at`` of the leaves with a config axis replaced by ``rows``."""
+    leaves, treedef = jax.tree.flatten(tree)
+    return jax.tree.unflatten(treedef, [
+        r if ax is None else a.at[at].set(r)
+        for a, r, ax in zip(leaves, jax.tree.leaves(rows), axes, strict=True)
+    ])
 
 
 @functools.lru_cache(maxsize=8)
@@ -146,6 +237,10 @@ def mesh(devices: tuple[jax.Device, ...]) -> jax.sharding.Mesh:
 def put(tree: PyTree, sharding: NamedSharding) -> PyTree:
     """Host arrays -> global arrays; each process fills only the shards it holds."""
     if jax.process_count() == 1:
+        if sharding.num_devices == 1:
+            # jit's own dispatch moves host arrays to its one device (and a committed array's
+            # mesh would clash with shard_map's inside the program)
+            return tree
         return jax.device_put(tree, sharding)
 
     def one(a):
@@ -163,36 +258,44 @@ def fetch(tree: PyTree) -> PyTree:
 
 
 class Shapes(NamedTuple):
-    """One config's program, abstractly: its outcome's structure and a rough memory estimate."""
+    """One config's programs, abstractly: the outcome's structure, a rough memory estimate and
+    the carry's config axes (:func:`carry_axes`)."""
 
     treedef: Any
     out_bytes: int  # final parameters, history
     work_bytes: int  # what the loop holds and touches per config
+    axes: tuple  # flat_axes of the carry
+    flag_axis: int | None  # the carry's flag's
 
 
 @functools.lru_cache(maxsize=64)
 def shapes(static: Static, v_def: Any, s_def: Any, v_avals: tuple, s_avals: tuple) -> Shapes:
-    """:class:`Shapes` of the program ``static`` on arguments of these structures and shapes.
+    """:class:`Shapes` of the programs ``static`` on arguments of these structures and shapes.
 
-    Working set: the carry (parameters, gradient, optimiser state), two more copies of the
-    parameters for the step in flight, the records; for ``fit``-style sweeps the batch
-    indices and two gathered batches.
+    Working set: the carry (parameters, gradient, optimiser state) and its copy while a leg
+    writes the next, two more copies of the parameters for the step in flight, the record
+    buffer; for ``fit``-style sweeps the batch indices and two gathered batches.
     """
     one = jax.tree.unflatten(v_def, [jax.ShapeDtypeStruct(s, d) for s, d in v_avals])
     shared = jax.tree.unflatten(s_def, [jax.ShapeDtypeStruct(s, d) for s, d in s_avals])
-    outcome = jax.eval_shape(
-        lambda v, s: jax.tree.map(lambda a: a[0], run_configs(
-            jax.tree.map(lambda a: a[None], v), s, static._replace(mesh=None))),
-        one, shared,
-    )
-    x0 = one.get("x0", shared["x0"])
-    state = _nbytes(jax.eval_shape(static.tx.init, x0))
-    work = 4 * _nbytes(x0) + state + _nbytes(outcome.history)
+
+    def outcome(v, s):
+        loop, carry = setup(v, s, static)
+        records = jax.eval_shape(loop.unit, carry, jnp.int32(0))[1]
+        buffer = jax.tree.map(lambda r: jnp.zeros((loop.units * r.shape[0], *r.shape[1:]),
+                                                  r.dtype), records)
+        return carry, buffer, loop.finish(carry, loop.trim(jax.tree.map(lambda r: r[None],
+                                                                        buffer)))
+
+    carry, buffer, result = jax.eval_shape(outcome, one, shared)
+    batched = jax.tree.map(lambda a: jax.ShapeDtypeStruct((2, *a.shape), a.dtype), one)
+    axes = carry_axes(batched, shared, static)
+    work = 2 * _nbytes(carry) + 2 * _nbytes(one.get("x0", shared["x0"])) + _nbytes(buffer)
     if static.n:
         sample = sum(math.prod(a.shape[1:]) * np.dtype(a.dtype).itemsize
                      for a in jax.tree.leaves(shared["data"]))
         work += 4 * static.steps * static.batch_size + 2 * static.batch_size * sample
-    return Shapes(jax.tree.structure(outcome), _nbytes(outcome), work)
+    return Shapes(jax.tree.structure(result), _nbytes(result), work, flat_axes(axes), axes.flag)
 
 
 def _nbytes(tree: PyTree) -> int:

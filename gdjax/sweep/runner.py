@@ -40,15 +40,16 @@ def run_groups(
     progress: bool | None,
     checkpoint: str | os.PathLike | None,
     describe: Mapping[str, Any],
+    compact: bool = True,
 ) -> engine.Result:
     """Run every group (one per batch size) in chunks; outcomes gathered in config order."""
     mesh = groups[0][0].mesh
     devices = mesh.size
     plans = []
-    treedefs = []
+    shapes_of = []
     for static, idx in groups:
         shapes = program.shapes_of(static, varying, shared)
-        treedefs.append(shapes.treedef)
+        shapes_of.append(shapes)
         if chunk_size is None:
             out, work = shapes.out_bytes, shapes.work_bytes
             per_device = min(memory_budget // (out + work), CACHE_BYTES // work)
@@ -73,8 +74,8 @@ def run_groups(
     with _progress_bar(show, total) as advance:
         for g, (static, idx, size, chunks) in enumerate(plans):
             results.append(_run_group(
-                g, static, treedefs[g], idx, size, chunks, varying, shared_on_devices, by_config,
-                store, advance,
+                g, static, shapes_of[g], idx, size, chunks, varying, shared_on_devices, by_config,
+                store, advance, compact,
             ))
     if len(results) == 1:
         return results[0]
@@ -84,7 +85,7 @@ def run_groups(
 def _run_group(
     g: int,
     static: program.Static,
-    treedef: Any,
+    shapes: program.Shapes,
     idx: np.ndarray,
     size: int,
     chunks: int,
@@ -93,16 +94,24 @@ def _run_group(
     by_config: NamedSharding,
     store: _Checkpoint | None,
     advance: Callable[[], None],
+    compact: bool,
 ) -> engine.Result:
-    """The chunks of one group; each is dispatched before the previous one is collected."""
+    """The chunks of one group, one after another."""
     out = None
-
-    def finish(k, part, computed):
-        """Chunk ``k`` to the host (waiting for it), to disk, into ``out``."""
-        nonlocal out
+    for k in range(chunks):
         lo, hi = k * size, min((k + 1) * size, len(idx))
-        if computed:
-            part = jax.tree.map(lambda a: a[: hi - lo], program.fetch(part))
+        part = None if store is None else store.load(f"g{g}-c{k}", shapes.treedef)
+        if part is None:
+            if chunks == 1 and size == len(idx) == _count_of(varying):
+                chunk = program.put(varying, by_config)  # the whole grid, unpadded: no copy
+            else:
+                take = idx[np.minimum(np.arange(lo, lo + size), hi - 1)]  # pad: repeat the last
+                chunk = program.put(jax.tree.map(lambda a, take=take: a[take], varying), by_config)
+            part = jax.tree.map(
+                lambda a, n=hi - lo: a[:n],
+                program.fetch(run_chunk(chunk, shared_on_devices, static, shapes, by_config,
+                                        compact)),
+            )
             if store is not None:
                 store.save(f"g{g}-c{k}", part)
         if chunks == 1:
@@ -110,26 +119,58 @@ def _run_group(
         else:
             if out is None:
                 out = jax.tree.map(lambda a: np.empty((idx.size, *a.shape[1:]), a.dtype), part)
-            jax.tree.map(lambda o, a: o.__setitem__(slice(lo, hi), a), out, part)
+            jax.tree.map(lambda o, a, at=slice(lo, hi): o.__setitem__(at, a), out, part)
         advance()
-
-    pending = None
-    for k in range(chunks):
-        part = None if store is None else store.load(f"g{g}-c{k}", treedef)
-        computed = part is None
-        if computed:
-            lo, hi = k * size, min((k + 1) * size, len(idx))
-            if chunks == 1 and size == len(idx) == _count_of(varying):
-                chunk = program.put(varying, by_config)  # the whole grid, unpadded: no copy
-            else:
-                take = idx[np.minimum(np.arange(lo, lo + size), hi - 1)]  # pad: repeat the last
-                chunk = program.put(jax.tree.map(lambda a, take=take: a[take], varying), by_config)
-            part = program.run_chunk(chunk, shared_on_devices, static)
-        if pending is not None:
-            finish(*pending)
-        pending = (k, part, computed)
-    finish(*pending)
     return out
+
+
+def run_chunk(varying: PyTree, shared: PyTree, static: program.Static, shapes: program.Shapes,
+              by_config: NamedSharding, compact: bool = True) -> engine.Result:
+    """One chunk, on the devices: its configs' loops in legs, the diverged ones replayed.
+
+    With ``compact``, a leg ends once at most a quarter of its configs are still running; those
+    are gathered into a batch a power of two smaller (one more compiled program per size), and
+    the configs that stopped cost nothing more. Each config computes exactly what it would in
+    the full batch: the results do not depend on ``compact``.
+    """
+    devices = static.mesh.size
+    units = program.shape(shared, static).units
+    carry, buffer = program.begin(varying, shared, static)
+    axes = shapes.axes
+    every = (*axes, *(0,) * len(jax.tree.leaves(buffer)))  # the carry's axes, the buffer's
+    config_axes = (0,) * len(jax.tree.leaves(varying))
+    # (configs that all stop together, their flag the same for all, gain nothing from it)
+    compact = compact and shapes.flag_axis is not None
+    full = None  # the whole chunk's (carry, buffer) once a leg runs on some of its rows
+    active, rows, unit = varying, None, 0
+    while True:
+        batch = len(jax.tree.leaves(buffer)[0])
+        stop_at = batch // 4 if compact and batch > _per_device(0) * devices else 0
+        carry, buffer, unit, running = program.leg(active, shared, carry, buffer,
+                                                   np.int32(unit), np.int32(stop_at), static)
+        unit, running = int(unit), int(running)
+        if full is not None:
+            full = program.put_rows(full, rows, (carry, buffer), every)
+        if unit >= units or running == 0:
+            break
+        if full is None:
+            full, rows = (carry, buffer), np.arange(batch)
+        going = rows[np.flatnonzero(np.asarray(program.fetch(carry.flag)) == 0)]
+        per = max(_per_device(0), 1 << (-(-len(going) // devices) - 1).bit_length())
+        rows = going[np.minimum(np.arange(per * devices), len(going) - 1)]  # pad: repeat
+        active = program.take(varying, rows, config_axes, by_config)
+        carry, buffer = program.take(full, rows, every, by_config)
+    if full is not None:
+        carry, buffer = full
+    replayed = np.flatnonzero(np.asarray(program.fetch(program.marked(varying, shared, carry,
+                                                                      static))))
+    if replayed.size:  # the diverged configs alone, in a batch of their own
+        per = _per_device(-(-replayed.size // devices))
+        rows = replayed[np.minimum(np.arange(per * devices), replayed.size - 1)]
+        again = program.replay(program.take(varying, rows, config_axes, by_config), shared,
+                               program.take(carry, rows, axes, by_config), static)
+        carry = program.put_rows(carry, rows, again, axes)
+    return program.finish(varying, shared, carry, buffer, static)
 
 
 def _count_of(varying: PyTree) -> int | None:
