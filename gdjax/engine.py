@@ -559,30 +559,50 @@ class Loop(NamedTuple):
         return jax.checkpoint(segment, prevent_cse=False)(c)
 
     @property
-    def per_unit(self) -> int:
-        """Records (blocks of ``record_every`` steps) per unit of the loop: a segment of whole
-        blocks when records are that close, else one block of several segments."""
-        k = self.record_every
-        return min(self.segment_steps // k, self.blocks_count) if k <= self.segment_steps else 1
-
-    @property
     def blocks_count(self) -> int:
         """Blocks of ``record_every`` steps (the last one may be short): one record each."""
         return -(-self.steps // self.record_every)
 
     @property
+    def unit_steps(self) -> int:
+        """Steps per unit of the loop: a segment of whole blocks when records are that close,
+        else the longest segment that divides a block (the block itself when none is long
+        enough: a prime ``record_every``, say)."""
+        k, size = self.record_every, self.segment_steps
+        if k <= size:
+            return k * min(size // k, self.blocks_count)
+        divisor = max(d for d in range(1, size + 1) if k % d == 0)
+        return divisor if 4 * divisor >= size else k
+
+    @property
+    def per_unit(self) -> int:
+        """Records per unit (0 or 1 on most units when a block spans several)."""
+        return max(1, self.unit_steps // self.record_every)
+
+    @property
+    def stride(self) -> int:
+        """Units per block when a block spans several, else 1."""
+        return max(1, self.record_every // self.unit_steps)
+
+    @property
     def units(self) -> int:
         """Units in the loop (all of one length; the last padded with steps that change
         nothing)."""
-        return -(-self.blocks_count // self.per_unit)
+        return -(-self.steps // self.unit_steps)
 
     def unit(self, c: Carry, i: jax.Array) -> tuple[Carry, tuple]:
-        """The ``i``-th unit of the loop: the carry after it and its :attr:`per_unit` records."""
+        """The ``i``-th unit of the loop: the carry after it and its :attr:`per_unit` records
+        (when a block spans several units, one record, of use on every :attr:`stride`-th)."""
         k = self.record_every
-        if k <= self.segment_steps:
-            return self.segment(c, i * (self.per_unit * k), self.per_unit, k, True)
-        record = self.snapshot(c, i * k)
-        return self.advance(c, i * k, k), jax.tree.map(lambda r: r[None], record)
+        if self.stride == 1:
+            return self.segment(c, i * self.unit_steps, self.per_unit, k, True)
+        t0 = i * self.unit_steps
+        shapes = jax.eval_shape(self.snapshot, c, t0)
+        record = lax.cond(i % self.stride == 0, lambda c: self.snapshot(c, t0),
+                          lambda c: jax.tree.map(lambda r: jnp.zeros(r.shape, r.dtype), shapes),
+                          c)
+        c, _ = self.segment(c, t0, 1, self.unit_steps, False)
+        return c, jax.tree.map(lambda r: r[None], record)
 
     def scan(self, c: Carry) -> tuple[Carry, tuple]:
         """Every unit of the run: the last carry and the records at steps ``0, k, 2k, ...``
@@ -592,7 +612,22 @@ class Loop(NamedTuple):
 
     def trim(self, records: tuple) -> tuple:
         """Records of every unit, ``(units, per_unit, ...)``, as one per block."""
-        return jax.tree.map(lambda r: r.reshape(-1, *r.shape[2:])[: self.blocks_count], records)
+        return jax.tree.map(
+            lambda r: r[:: self.stride].reshape(-1, *r.shape[2:])[: self.blocks_count], records)
+
+    def write(self, buffer: tuple, records: tuple, i: jax.Array) -> tuple:
+        """``buffer`` (every unit's records, ``(units * per_unit, ...)``) with unit ``i``'s
+        written in (leading axis of both: configs). A unit that does not start a block writes
+        nothing."""
+        at = i * self.per_unit
+        if self.stride == 1:
+            return jax.tree.map(lambda b, r: lax.dynamic_update_slice_in_dim(b, r, at, axis=1),
+                                buffer, records)
+        return lax.cond(
+            i % self.stride == 0,
+            lambda b: jax.tree.map(
+                lambda b, r: lax.dynamic_update_slice_in_dim(b, r, at, axis=1), b, records),
+            lambda b: b, buffer)
 
     def advance(self, c: Carry, t0: jax.Array, n: int) -> Carry:
         """``n`` steps after ``t0`` in segments, without records."""

@@ -206,7 +206,9 @@ def sweep(
             "orders": None,
             "seed_index": np.int32(0),
         }
-        varying = {"hyper": {k: v.astype(dtypes[k]) for k, v in axes.items()
+        # (the config index: every program maps at least this over the configs)
+        varying = {"config": np.arange(count, dtype=np.int32),
+                   "hyper": {k: v.astype(dtypes[k]) for k, v in axes.items()
                              if k not in grid_.SPECIAL}}
         if "x0" in axes:
             varying["x0"] = axes["x0"]

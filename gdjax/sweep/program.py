@@ -3,10 +3,11 @@
 A chunk's config axis is sharded over a 1-D mesh named ``sweep``; every program runs
 ``jax.vmap`` of the engine's per-run code on each device's share (:func:`sharded`):
 
-* :func:`begin`: every config's start and an empty record buffer;
-* :func:`leg`: units of the loop (:meth:`gdjax.engine.Loop.unit`) until the last one, or until
-  so few configs are still running that the runner gathers them into a smaller batch
-  (finished configs stop costing);
+* :func:`run`: every config's start, then units of the loop (:meth:`gdjax.engine.Loop.unit`)
+  until the last one or until so few configs are still running that the runner gathers them
+  into a smaller batch (finished configs stop costing), then, when that was the end, the
+  results: a sweep whose configs need neither is this one program;
+* :func:`leg`: more units, for such a smaller batch;
 * :func:`replay`: the diverged configs' replays (:meth:`gdjax.engine.Loop.redo`), run on them
   alone;
 * :func:`finish`: every config's final state and settled history.
@@ -106,12 +107,7 @@ def _shard(fn: Callable, static: Static, in_specs: tuple, out_specs: Any) -> Cal
                          check_vma=False)
 
 
-@functools.partial(jax.jit, static_argnums=2)
-def begin(varying: PyTree, shared: PyTree, static: Static) -> tuple[engine.Carry, tuple]:
-    """Every config's carry before step 1, and a zeroed record buffer (one row of records per
-    config, every unit's)."""
-    axes = carry_axes(varying, shared, static)
-
+def _begin(varying: PyTree, shared: PyTree, static: Static, axes: PyTree) -> tuple:
     def one(v):
         loop, carry = setup(v, shared, static)
         records = jax.eval_shape(loop.unit, carry, jnp.int32(0))[1]
@@ -119,8 +115,77 @@ def begin(varying: PyTree, shared: PyTree, static: Static) -> tuple[engine.Carry
             lambda r: jnp.zeros((loop.units * r.shape[0], *r.shape[1:]), r.dtype), records)
         return carry, buffer
 
-    return _shard(lambda v, s: jax.vmap(one, out_axes=(axes, 0))(v), static, (P(AXIS), P()),
-                  (_specs(axes), P(AXIS)))(varying, shared)
+    return jax.vmap(one, out_axes=(axes, 0))(varying)
+
+
+def _leg(varying, shared, carry, buffer, unit, stop_at, static, axes) -> tuple:
+    loop = shape(shared, static)
+
+    def running(carry):
+        return lax.psum(jnp.sum(carry.flag == 0, dtype=jnp.int32), AXIS)
+
+    def more(state):
+        carry, _, i = state
+        return (i < loop.units) & (running(carry) > stop_at)
+
+    def body(state):
+        carry, buffer, i = state
+        carry, records = jax.vmap(lambda v, c: setup(v, shared, static)[0].unit(c, i),
+                                  in_axes=(0, axes), out_axes=(axes, 0))(varying, carry)
+        return carry, loop.write(buffer, records, i), i + 1
+
+    carry, buffer, unit = lax.while_loop(more, body, (carry, buffer, unit))
+    return carry, buffer, unit, running(carry)
+
+
+def _marked(varying, shared, carry, static, axes) -> jax.Array:
+    return jax.vmap(lambda v, c: setup(v, shared, static)[0].marked(c), in_axes=(0, axes))(
+        varying, carry)
+
+
+def _finish(varying, shared, carry, buffer, static, axes) -> engine.Result:
+    def one(v, c, b):
+        loop = setup(v, shared, static)[0]
+        result = loop.finish(c, loop.trim(jax.tree.map(lambda r: r[None], b)))
+        if static.n:  # fit reports the loss over the whole data set
+            result = result._replace(loss=static.f.value(result.params, shared["data"]))
+        return result
+
+    return jax.vmap(one, in_axes=(0, axes, 0))(varying, carry, buffer)
+
+
+@functools.partial(jax.jit, static_argnums=3)
+def run(varying: PyTree, shared: PyTree, stop_at: jax.Array, static: Static) -> tuple:
+    """A chunk from its start: its first leg (see :func:`leg`) and, should that have run every
+    config to its end with none to replay, their results; ``(carry, buffer, counts, result)``
+    with ``counts`` = ``[next unit, running, to replay]`` (one transfer tells the runner which
+    of them to use)."""
+    axes = carry_axes(varying, shared, static)
+
+    loop = shape(shared, static)
+
+    def body(v, s, stop_at):
+        if loop.evaluate:  # runs can stop early: legs that can end for a compaction
+            carry, buffer = _begin(v, s, static, axes)
+            carry, buffer, unit, running = _leg(v, s, carry, buffer, jnp.int32(0), stop_at,
+                                                static, axes)
+        else:  # only a divergence stops a run: every unit in one scan, records as its output
+            def scan(one):
+                loop, carry = setup(one, s, static)
+                carry, records = lax.scan(loop.unit, carry,
+                                          jnp.arange(loop.units, dtype=jnp.int32))
+                return carry, jax.tree.map(lambda r: r.reshape(-1, *r.shape[2:]), records)
+
+            carry, buffer = jax.vmap(scan, out_axes=(axes, 0))(v)
+            unit = jnp.int32(loop.units)
+            running = lax.psum(jnp.sum(carry.flag == 0, dtype=jnp.int32), AXIS)
+        replays = lax.psum(jnp.sum(_marked(v, s, carry, static, axes), dtype=jnp.int32), AXIS)
+        result = _finish(v, s, carry, buffer, static, axes)
+        return carry, buffer, jnp.stack([unit, running, replays]), result
+
+    specs = _specs(axes)
+    return _shard(body, static, (P(AXIS), P(), P()), (specs, P(AXIS), P(), P(AXIS)))(
+        varying, shared, stop_at)
 
 
 @functools.partial(jax.jit, static_argnums=(6,), donate_argnums=(2, 3))
@@ -129,44 +194,19 @@ def leg(varying: PyTree, shared: PyTree, carry: engine.Carry, buffer: tuple, uni
     """Units from ``unit`` on, until the last or until at most ``stop_at`` configs (of the whole
     chunk, on every device together) are running: ``(carry, buffer, next unit, running)``."""
     axes = carry_axes(varying, shared, static)
-    loop = shape(shared, static)
-
-    def run(varying, shared, carry, buffer, unit, stop_at):
-        def running(carry):
-            return lax.psum(jnp.sum(carry.flag == 0, dtype=jnp.int32), AXIS)
-
-        def more(state):
-            carry, _, i = state
-            return (i < loop.units) & (running(carry) > stop_at)
-
-        def body(state):
-            carry, buffer, i = state
-            carry, records = jax.vmap(
-                lambda v, c: setup(v, shared, static)[0].unit(c, i), in_axes=(0, axes),
-                out_axes=(axes, 0),
-            )(varying, carry)
-            buffer = jax.tree.map(
-                lambda b, r: lax.dynamic_update_slice_in_dim(b, r, i * loop.per_unit, axis=1),
-                buffer, records)
-            return carry, buffer, i + 1
-
-        carry, buffer, unit = lax.while_loop(more, body, (carry, buffer, unit))
-        return carry, buffer, unit, running(carry)
-
     specs = _specs(axes)
-    return _shard(run, static, (P(AXIS), P(), specs, P(AXIS), P(), P()),
-                  (specs, P(AXIS), P(), P()))(varying, shared, carry, buffer, unit, stop_at)
+    return _shard(
+        lambda *a: _leg(*a, static, axes), static, (P(AXIS), P(), specs, P(AXIS), P(), P()),
+        (specs, P(AXIS), P(), P()),
+    )(varying, shared, carry, buffer, unit, stop_at)
 
 
 @functools.partial(jax.jit, static_argnums=3)
 def marked(varying: PyTree, shared: PyTree, carry: engine.Carry, static: Static) -> jax.Array:
     """Which configs :func:`replay` must run again (:meth:`gdjax.engine.Loop.marked`)."""
     axes = carry_axes(varying, shared, static)
-
-    def run(v, s, c):
-        return jax.vmap(lambda v, c: setup(v, s, static)[0].marked(c), in_axes=(0, axes))(v, c)
-
-    return _shard(run, static, (P(AXIS), P(), _specs(axes)), P(AXIS))(varying, shared, carry)
+    return _shard(lambda v, s, c: _marked(v, s, c, static, axes), static,
+                  (P(AXIS), P(), _specs(axes)), P(AXIS))(varying, shared, carry)
 
 
 @functools.partial(jax.jit, static_argnums=3)
@@ -188,15 +228,7 @@ def finish(varying: PyTree, shared: PyTree, carry: engine.Carry, buffer: tuple,
            static: Static) -> engine.Result:
     """Every config's :class:`gdjax.Result`."""
     axes = carry_axes(varying, shared, static)
-
-    def one(v, c, b):
-        loop = setup(v, shared, static)[0]
-        result = loop.finish(c, loop.trim(jax.tree.map(lambda r: r[None], b)))
-        if static.n:  # fit reports the loss over the whole data set
-            result = result._replace(loss=static.f.value(result.params, shared["data"]))
-        return result
-
-    return _shard(lambda v, s, c, b: jax.vmap(one, in_axes=(0, axes, 0))(v, c, b), static,
+    return _shard(lambda v, s, c, b: _finish(v, s, c, b, static, axes), static,
                   (P(AXIS), P(), _specs(axes), P(AXIS)), P(AXIS))(varying, shared, carry, buffer)
 
 

@@ -135,33 +135,32 @@ def run_chunk(varying: PyTree, shared: PyTree, static: program.Static, shapes: p
     """
     devices = static.mesh.size
     units = program.shape(shared, static).units
-    carry, buffer = program.begin(varying, shared, static)
     axes = shapes.axes
-    every = (*axes, *(0,) * len(jax.tree.leaves(buffer)))  # the carry's axes, the buffer's
     config_axes = (0,) * len(jax.tree.leaves(varying))
     # (configs that all stop together, their flag the same for all, gain nothing from it)
     compact = compact and shapes.flag_axis is not None
-    full = None  # the whole chunk's (carry, buffer) once a leg runs on some of its rows
-    active, rows, unit = varying, None, 0
-    while True:
-        batch = len(jax.tree.leaves(buffer)[0])
-        stop_at = batch // 4 if compact and batch > _per_device(0) * devices else 0
-        carry, buffer, unit, running = program.leg(active, shared, carry, buffer,
-                                                   np.int32(unit), np.int32(stop_at), static)
-        unit, running = int(unit), int(running)
-        if full is not None:
-            full = program.put_rows(full, rows, (carry, buffer), every)
-        if unit >= units or running == 0:
-            break
-        if full is None:
-            full, rows = (carry, buffer), np.arange(batch)
+    batch = len(jax.tree.leaves(varying)[0])
+
+    def stop_at(batch):
+        return np.int32(batch // 4 if compact and batch > _per_device(0) * devices else 0)
+
+    carry, buffer, counts, result = program.run(varying, shared, stop_at(batch), static)
+    unit, running, replays = (int(n) for n in program.fetch(counts))
+    if (unit >= units or running == 0) and replays == 0:
+        return result  # the common case: one program
+    every = (*axes, *(0,) * len(jax.tree.leaves(buffer)))  # the carry's axes, the buffer's
+    full, rows = (carry, buffer), np.arange(batch)
+    while unit < units and running > 0:
         going = rows[np.flatnonzero(np.asarray(program.fetch(carry.flag)) == 0)]
         per = max(_per_device(0), 1 << (-(-len(going) // devices) - 1).bit_length())
         rows = going[np.minimum(np.arange(per * devices), len(going) - 1)]  # pad: repeat
-        active = program.take(varying, rows, config_axes, by_config)
         carry, buffer = program.take(full, rows, every, by_config)
-    if full is not None:
-        carry, buffer = full
+        carry, buffer, unit, running = program.leg(
+            program.take(varying, rows, config_axes, by_config), shared, carry, buffer,
+            np.int32(unit), stop_at(len(rows)), static)
+        unit, running = int(unit), int(running)
+        full = program.put_rows(full, rows, (carry, buffer), every)
+    carry, buffer = full
     replayed = np.flatnonzero(np.asarray(program.fetch(program.marked(varying, shared, carry,
                                                                       static))))
     if replayed.size:  # the diverged configs alone, in a batch of their own
