@@ -386,6 +386,7 @@ def test_compacted_legs_give_the_results_of_the_full_batch(monkeypatch):
     # 256 configs: most converge within the first segments, some diverge, a few run to the end;
     # with compaction the running ones move into smaller batches (seen by the legs' sizes),
     # and every field of every config is the same as without it, bit for bit.
+    monkeypatch.setattr(runner, "COMPACT_MIN", 16)  # (1024 per device otherwise)
     legs = []  # configs per leg: the first runs in program.run, the others in program.leg
     run, leg = runner.program.run, runner.program.leg
     monkeypatch.setattr(runner.program, "run",

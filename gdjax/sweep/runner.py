@@ -29,6 +29,10 @@ PyTree = Any
 CACHE_BYTES = 64 << 20
 """Working set of one chunk per device by default (64 MiB; the memory budget caps it too)."""
 
+COMPACT_MIN = 1024
+"""The smallest batch (per device) that compaction makes: below it a step costs XLA:CPU its
+kernels' overheads more than their arithmetic, and each new size is one more compilation."""
+
 
 def run_groups(
     groups: list[tuple[program.Static, np.ndarray]],
@@ -129,9 +133,10 @@ def run_chunk(varying: PyTree, shared: PyTree, static: program.Static, shapes: p
     """One chunk, on the devices: its configs' loops in legs, the diverged ones replayed.
 
     With ``compact``, a leg ends once at most a quarter of its configs are still running; those
-    are gathered into a batch a power of two smaller (one more compiled program per size), and
-    the configs that stopped cost nothing more. Each config computes exactly what it would in
-    the full batch: the results do not depend on ``compact``.
+    are gathered into a batch of a power of two (per device, at least :data:`COMPACT_MIN`; one
+    more compiled program per size), and the configs that stopped cost nothing more. Each
+    config computes exactly what it would in the full batch: the results do not depend on
+    ``compact``.
     """
     devices = static.mesh.size
     units = program.shape(shared, static).units
@@ -141,8 +146,9 @@ def run_chunk(varying: PyTree, shared: PyTree, static: program.Static, shapes: p
     compact = compact and shapes.flag_axis is not None
     batch = len(jax.tree.leaves(varying)[0])
 
-    def stop_at(batch):
-        return np.int32(batch // 4 if compact and batch > _per_device(0) * devices else 0)
+    def stop_at(batch):  # a leg ends when a compaction would save three quarters or more
+        per = batch // devices
+        return np.int32(batch // 4 if compact and per // 4 >= COMPACT_MIN else 0)
 
     carry, buffer, counts, result = program.run(varying, shared, stop_at(batch), static)
     unit, running, replays = (int(n) for n in program.fetch(counts))
@@ -152,7 +158,7 @@ def run_chunk(varying: PyTree, shared: PyTree, static: program.Static, shapes: p
     full, rows = (carry, buffer), np.arange(batch)
     while unit < units and running > 0:
         going = rows[np.flatnonzero(np.asarray(program.fetch(carry.flag)) == 0)]
-        per = max(_per_device(0), 1 << (-(-len(going) // devices) - 1).bit_length())
+        per = max(COMPACT_MIN, 1 << (-(-len(going) // devices) - 1).bit_length())
         rows = going[np.minimum(np.arange(per * devices), len(going) - 1)]  # pad: repeat
         carry, buffer = program.take(full, rows, every, by_config)
         carry, buffer, unit, running = program.leg(
