@@ -157,9 +157,9 @@ def _finish(varying, shared, carry, buffer, static, axes) -> engine.Result:
 @functools.partial(jax.jit, static_argnums=3)
 def run(varying: PyTree, shared: PyTree, stop_at: jax.Array, static: Static) -> tuple:
     """A chunk from its start: its first leg (see :func:`leg`) and, should that have run every
-    config to its end with none to replay, their results; ``(carry, buffer, counts, result)``
-    with ``counts`` = ``[next unit, running, to replay]`` (one transfer tells the runner which
-    of them to use)."""
+    config to its end with none to replay, their results: ``(carry, buffer, counts, marked,
+    result)`` with ``counts`` = ``[next unit, running, to replay]`` (one transfer tells the
+    runner which of them to use) and ``marked`` the configs to replay."""
     axes = carry_axes(varying, shared, static)
 
     loop = shape(shared, static)
@@ -179,12 +179,13 @@ def run(varying: PyTree, shared: PyTree, stop_at: jax.Array, static: Static) -> 
             carry, buffer = jax.vmap(scan, out_axes=(axes, 0))(v)
             unit = jnp.int32(loop.units)
             running = lax.psum(jnp.sum(carry.flag == 0, dtype=jnp.int32), AXIS)
-        replays = lax.psum(jnp.sum(_marked(v, s, carry, static, axes), dtype=jnp.int32), AXIS)
+        marked = _marked(v, s, carry, static, axes)
+        replays = lax.psum(jnp.sum(marked, dtype=jnp.int32), AXIS)
         result = _finish(v, s, carry, buffer, static, axes)
-        return carry, buffer, jnp.stack([unit, running, replays]), result
+        return carry, buffer, jnp.stack([unit, running, replays]), marked, result
 
     specs = _specs(axes)
-    return _shard(body, static, (P(AXIS), P(), P()), (specs, P(AXIS), P(), P(AXIS)))(
+    return _shard(body, static, (P(AXIS), P(), P()), (specs, P(AXIS), P(), P(AXIS), P(AXIS)))(
         varying, shared, stop_at)
 
 
@@ -209,18 +210,32 @@ def marked(varying: PyTree, shared: PyTree, carry: engine.Carry, static: Static)
                   (P(AXIS), P(), _specs(axes)), P(AXIS))(varying, shared, carry)
 
 
-@functools.partial(jax.jit, static_argnums=3)
-def replay(varying: PyTree, shared: PyTree, carry: engine.Carry, static: Static) -> engine.Carry:
-    """Every config given run again from its start (:meth:`gdjax.engine.Loop.redo`)."""
+@functools.partial(jax.jit, static_argnums=(5, 6))
+def replay(varying: PyTree, shared: PyTree, carry: engine.Carry, buffer: tuple, at: jax.Array,
+           static: Static, by_config: NamedSharding) -> engine.Result:
+    """The configs ``at`` run again from their start (:meth:`gdjax.engine.Loop.redo`), in a
+    batch of their own, then every config's :class:`gdjax.Result`."""
     axes = carry_axes(varying, shared, static)
+    leaves = jax.tree.leaves(axes, is_leaf=lambda a: a is None)
+
+    def rows(tree):
+        return jax.tree.map(lambda a: jax.lax.with_sharding_constraint(a[at], by_config), tree)
 
     def one(v, c):
         loop, first = setup(v, shared, static)
         return loop.redo(first, c, jnp.array(True))
 
     specs = _specs(axes)
-    return _shard(lambda v, s, c: jax.vmap(one, in_axes=(0, axes), out_axes=axes)(v, c), static,
-                  (P(AXIS), P(), specs), specs)(varying, shared, carry)
+    picked = jax.tree.unflatten(jax.tree.structure(carry), [
+        a if ax is None else jax.lax.with_sharding_constraint(a[at], by_config)
+        for a, ax in zip(jax.tree.leaves(carry), leaves, strict=True)])
+    again = _shard(lambda v, s, c: jax.vmap(one, in_axes=(0, axes), out_axes=axes)(v, c),
+                   static, (P(AXIS), P(), specs), specs)(rows(varying), shared, picked)
+    carry = jax.tree.unflatten(jax.tree.structure(carry), [
+        r if ax is None else a.at[at].set(r)
+        for a, r, ax in zip(jax.tree.leaves(carry), jax.tree.leaves(again), leaves, strict=True)])
+    return _shard(lambda v, s, c, b: _finish(v, s, c, b, static, axes), static,
+                  (P(AXIS), P(), specs, P(AXIS)), P(AXIS))(varying, shared, carry, buffer)
 
 
 @functools.partial(jax.jit, static_argnums=4)

@@ -150,32 +150,33 @@ def run_chunk(varying: PyTree, shared: PyTree, static: program.Static, shapes: p
         per = batch // devices
         return np.int32(batch // 4 if compact and per // 4 >= COMPACT_MIN else 0)
 
-    carry, buffer, counts, result = program.run(varying, shared, stop_at(batch), static)
+    carry, buffer, counts, marked, result = program.run(varying, shared, stop_at(batch), static)
     unit, running, replays = (int(n) for n in program.fetch(counts))
-    if (unit >= units or running == 0) and replays == 0:
-        return result  # the common case: one program
-    every = (*axes, *(0,) * len(jax.tree.leaves(buffer)))  # the carry's axes, the buffer's
-    full, rows = (carry, buffer), np.arange(batch)
-    while unit < units and running > 0:
-        going = rows[np.flatnonzero(np.asarray(program.fetch(carry.flag)) == 0)]
-        per = max(COMPACT_MIN, 1 << (-(-len(going) // devices) - 1).bit_length())
-        rows = going[np.minimum(np.arange(per * devices), len(going) - 1)]  # pad: repeat
-        carry, buffer = program.take(full, rows, every, by_config)
-        carry, buffer, unit, running = program.leg(
-            program.take(varying, rows, config_axes, by_config), shared, carry, buffer,
-            np.int32(unit), stop_at(len(rows)), static)
-        unit, running = int(unit), int(running)
-        full = program.put_rows(full, rows, (carry, buffer), every)
-    carry, buffer = full
-    replayed = np.flatnonzero(np.asarray(program.fetch(program.marked(varying, shared, carry,
-                                                                      static))))
-    if replayed.size:  # the diverged configs alone, in a batch of their own
-        per = _per_device(-(-replayed.size // devices))
-        rows = replayed[np.minimum(np.arange(per * devices), replayed.size - 1)]
-        again = program.replay(program.take(varying, rows, config_axes, by_config), shared,
-                               program.take(carry, rows, axes, by_config), static)
-        carry = program.put_rows(carry, rows, again, axes)
-    return program.finish(varying, shared, carry, buffer, static)
+    if unit >= units or running == 0:
+        if replays == 0:
+            return result  # the common case: one program
+    else:
+        every = (*axes, *(0,) * len(jax.tree.leaves(buffer)))  # the carry's, the buffer's axes
+        full, rows = (carry, buffer), np.arange(batch)
+        while unit < units and running > 0:
+            going = rows[np.flatnonzero(np.asarray(program.fetch(carry.flag)) == 0)]
+            per = max(COMPACT_MIN, 1 << (-(-len(going) // devices) - 1).bit_length())
+            rows = going[np.minimum(np.arange(per * devices), len(going) - 1)]  # pad: repeat
+            carry, buffer = program.take(full, rows, every, by_config)
+            carry, buffer, unit, running = program.leg(
+                program.take(varying, rows, config_axes, by_config), shared, carry, buffer,
+                np.int32(unit), stop_at(len(rows)), static)
+            unit, running = int(unit), int(running)
+            full = program.put_rows(full, rows, (carry, buffer), every)
+        carry, buffer = full
+        marked = program.marked(varying, shared, carry, static)
+    replayed = np.flatnonzero(np.asarray(program.fetch(marked)))
+    if not replayed.size:
+        return program.finish(varying, shared, carry, buffer, static)
+    # the diverged configs alone, in a batch of their own
+    per = _per_device(-(-replayed.size // devices))
+    rows = replayed[np.minimum(np.arange(per * devices), replayed.size - 1)]
+    return program.replay(varying, shared, carry, buffer, rows, static, by_config)
 
 
 def _count_of(varying: PyTree) -> int | None:
