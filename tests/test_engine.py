@@ -271,3 +271,22 @@ def test_status_compares_with_its_name_and_code_and_says_what_it_means():
         Status.of("finished")
     with pytest.raises(ValueError, match="got 0"):
         Status.of(0)
+
+
+def test_a_converged_run_carried_off_by_a_non_finite_update_is_replayed_to_its_stop():
+    # An optimiser whose update is NaN once the gradient is small: a run converges (tol met)
+    # and its next, zeroed update is still NaN, which would carry its parameters off. The
+    # replay keeps the parameters at which it converged.
+    def update(g, state, params=None):
+        small = optax.tree.norm(g) <= 0.05
+        return jax.tree.map(lambda g: jnp.where(small, jnp.nan, -0.1 * g), g), state
+
+    tx = optax.GradientTransformation(lambda p: optax.EmptyState(), update)
+    x0 = jnp.array([1.0, -2.0])
+    for every in (1, 7):
+        run = jax.jit(lambda x: engine.run(QUADRATIC, tx, x, steps=100, gtol=0.05,
+                                           record_every=every))(x0)
+        assert int(run.status) == Status.CONVERGED and np.all(np.isfinite(run.params))
+        s = int(run.steps)
+        np.testing.assert_allclose(run.params, (1 - 0.1 * A) ** s * x0, rtol=1e-5)
+        assert 0.05 * 0.6 < float(run.grad_norm) <= 0.05
