@@ -51,8 +51,9 @@ def _assert_same_run(a, b, i, rtol=1e-6):
 ])
 def test_a_batch_equals_its_runs_alone_with_every_status(kw):
     batch = jax.jit(jax.vmap(lambda lr: _sgd_run(lr, **kw)))(LRS)
+    alone = jax.jit(lambda lr: _sgd_run(lr, **kw))
     for i, lr in enumerate(LRS):
-        _assert_same_run(batch, jax.jit(lambda lr: _sgd_run(lr, **kw))(lr), i)
+        _assert_same_run(batch, alone(lr), i)
     names = {str(Status(int(s))) for s in batch.status}
     assert names == ({"converged", "max_steps", "diverged"} if "gtol" in kw
                      else {"max_steps", "diverged"})
@@ -209,9 +210,10 @@ def test_a_step_dependent_source_alone_and_in_a_batch_in_every_field(steps, ever
     kw = dict(source=_wobbly, steps=steps, record_every=every, gtol=gtol, ftol=ftol,
               record_params=True, record_fn=lambda p: {"p0": p[0]})
     batch = jax.jit(jax.vmap(lambda lr: _sgd_run(lr, **kw)))(lrs)
+    single = jax.jit(lambda lr: _sgd_run(lr, **kw))
     seen = set()
     for i, lr in enumerate(lrs):
-        alone = jax.jit(lambda lr: _sgd_run(lr, **kw))(lr)
+        alone = single(lr)
         seen.add(int(alone.status))
         _assert_same_run(batch, alone, i, rtol=1e-5)
     assert Status.DIVERGED in seen
@@ -284,7 +286,7 @@ def test_a_converged_run_carried_off_by_a_non_finite_update_is_replayed_to_its_s
     tx = optax.GradientTransformation(lambda p: optax.EmptyState(), update)
     x0 = jnp.array([1.0, -2.0])
     for every in (1, 7):
-        run = jax.jit(lambda x: engine.run(QUADRATIC, tx, x, steps=100, gtol=0.05,
+        run = jax.jit(lambda x, every=every: engine.run(QUADRATIC, tx, x, steps=100, gtol=0.05,
                                            record_every=every))(x0)
         assert int(run.status) == Status.CONVERGED and np.all(np.isfinite(run.params))
         s = int(run.steps)

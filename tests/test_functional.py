@@ -52,12 +52,12 @@ def assert_same(got, want, i=None, rtol=1e-6):
 @pytest.mark.parametrize("name", NAMES)
 def test_minimize_under_jit_equals_eager(name):
     x0 = jnp.array([1.0, -2.0])
+    jitted = jax.jit(lambda x, lr: gdjax.minimize(WALL, x, name, learning_rate=lr, **KW))
     for lr in LRS[name]:
         eager = gdjax.minimize(WALL, x0, name, learning_rate=lr, **KW)
-        jitted = jax.jit(lambda x, lr: gdjax.minimize(WALL, x, name, learning_rate=lr, **KW))(
-            x0, lr)  # noqa: B023
-        assert isinstance(eager.status, Status) and not isinstance(jitted.status, Status)
-        assert_same(jitted, eager)
+        traced = jitted(x0, lr)
+        assert isinstance(eager.status, Status) and not isinstance(traced.status, Status)
+        assert_same(traced, eager)
 
 
 @pytest.mark.parametrize("name", NAMES)
