@@ -319,7 +319,8 @@ def batched_leaves(fn: Callable, *args: Any, in_axes: Any = 0) -> PyTree:
 # --- the step ------------------------------------------------------------------------------------
 
 
-def step(c: Carry, t: jax.Array, problem: Problem, *, evaluate: bool, limit: int) -> Carry:
+def step(c: Carry, t: jax.Array, problem: Problem, *, evaluate: bool, limit: int,
+         hold: str = "runs") -> Carry:
     """Step ``t`` of a run: one update for a running run, none for a stopped one.
 
     Args:
@@ -332,6 +333,11 @@ def step(c: Carry, t: jax.Array, problem: Problem, *, evaluate: bool, limit: int
         loss, ``flag`` unchanged and the carry's loss and gradient left stale.
       limit: the run's number of steps; a step past it changes nothing (a loop's segments all
         have one length, the last one padded).
+      hold: which runs an update leaves where they are, by multiplying it by 0: ``"runs"``,
+        every stopped run and any step past ``limit``; ``"padding"``, only a step past
+        ``limit``; ``"none"``: a hand-written step (the multiply costs a cheap step 5-25%).
+        Without ``evaluate`` nothing stops, so ``"runs"`` is ``"padding"``. A replay holds
+        as the steps it replays did, to retrace them bit for bit.
 
     Returns:
       The carry after step ``t``.
@@ -342,13 +348,14 @@ def step(c: Carry, t: jax.Array, problem: Problem, *, evaluate: bool, limit: int
     # mini-batch) then repeats its stop's values
     t_eval = jnp.where(c.flag == 0, jnp.minimum(t, limit), jnp.abs(c.flag) - 1)
     updates, opt_state = problem.tx.update(grad, c.opt_state, c.params)
-    # A stopped run's update is multiplied by zero: under vmap XLA:CPU vectorises that, not a
-    # select on a per-run predicate (which cost 3-4x the whole step). Every mode computes the
-    # same ``x + m * u``, so a replay retraces the steps it replays bit for bit.
-    params = jax.tree.map(
-        lambda x, u: (x + running.astype(x.dtype) * u).astype(x.dtype), c.params, updates
-    )
-    if not evaluate:  # a hand-written step; nothing stops inside a fast segment
+    if hold == "none":
+        params = optax.apply_updates(c.params, updates)
+    else:  # multiplied by zero: under vmap XLA:CPU vectorises that, not a select on a per-run
+        # predicate (which cost 3-4x the whole step)
+        keep = running if hold == "runs" and evaluate else t <= limit
+        params = jax.tree.map(lambda x, u: (x + keep.astype(x.dtype) * u).astype(x.dtype),
+                              c.params, updates)
+    if not evaluate:  # nothing stops inside a segment: it is checked at its end
         return c._replace(params=params, opt_state=opt_state)
     loss, grad = problem.value_and_grad(params, t_eval, problem.aux)
     finite = jnp.isfinite(loss)
@@ -381,6 +388,13 @@ def _keep_good(c: Carry, t: jax.Array, good: PyTree) -> PyTree:
     ``good``: decided from the carry alone, so the blend costs a step nothing."""
     keep = (c.flag == 0) | (c.flag == t)
     return jax.tree.map(lambda new, old: _blend(keep, new, old), c.params, good)
+
+
+def _divisor_near(n: int, most: int, fallback: int | None = None) -> int:
+    """The largest divisor of ``n`` up to ``most`` if it is at least a quarter of ``most``,
+    else ``fallback`` (``most`` when not given): segments that divide a run need no padding."""
+    best = max(d for d in range(1, most + 1) if n % d == 0)
+    return best if 4 * best >= most else (most if fallback is None else fallback)
 
 
 def tree_where(pred: jax.Array, on_true: PyTree, on_false: PyTree) -> PyTree:
@@ -503,7 +517,8 @@ class Loop(NamedTuple):
 
         def one(carry, _):
             c, t = carry
-            c = step(c, t + 1, self.problem, evaluate=self.evaluate, limit=self.steps)
+            c = step(c, t + 1, self.problem, evaluate=self.evaluate, limit=self.steps,
+                     hold=self.hold)
             return (c, t + 1), None
 
         return lax.scan(one, (c, t0), length=n)[0][0]
@@ -515,7 +530,8 @@ class Loop(NamedTuple):
             def one(carry, _):
                 c, t = carry
                 record = self.snapshot(c, t)
-                c = step(c, t + 1, self.problem, evaluate=self.evaluate, limit=self.steps)
+                c = step(c, t + 1, self.problem, evaluate=self.evaluate, limit=self.steps,
+                         hold=self.hold)
                 return (c, t + 1), record
 
             (c, _), records = lax.scan(one, (c, t0), length=n_blocks)
@@ -569,10 +585,18 @@ class Loop(NamedTuple):
         else the longest segment that divides a block (the block itself when none is long
         enough: a prime ``record_every``, say)."""
         k, size = self.record_every, self.segment_steps
-        if k <= size:
-            return k * min(size // k, self.blocks_count)
-        divisor = max(d for d in range(1, size + 1) if k % d == 0)
-        return divisor if 4 * divisor >= size else k
+        if k <= size:  # whole blocks: as many as fit, fewer if they then divide the run
+            most = min(size // k, self.blocks_count)
+            return k * _divisor_near(self.blocks_count, most)
+        return _divisor_near(k, size, fallback=k)
+
+    @property
+    def hold(self) -> str:
+        """How the steps hold a run (see :func:`step`): every stopped run when they evaluate;
+        else only padding past ``steps``, when the last unit has any."""
+        if self.evaluate:
+            return "runs"
+        return "padding" if self.units * self.unit_steps != self.steps else "none"
 
     @property
     def per_unit(self) -> int:
@@ -665,7 +689,8 @@ class Loop(NamedTuple):
                 def one(carry, _):
                     c, good, t = carry
                     good = _keep_good(c, t + 1, good)
-                    c = step(c, t + 1, self.problem, evaluate=True, limit=self.steps)
+                    c = step(c, t + 1, self.problem, evaluate=True, limit=self.steps,
+                             hold=self.hold)
                     return (c, good, t + 1), None
 
                 c, good, _ = lax.scan(one, (*state, i * size), length=size)[0]
