@@ -53,6 +53,8 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
+from jax.flatten_util import ravel_pytree
 
 from gdjax import finite_diff, inputs
 
@@ -906,32 +908,32 @@ def _oracle(method, values, f0, delta) -> dict[str, np.ndarray]:
 @functools.partial(jax.jit, static_argnames="f")
 def _value_and_grad(f, x):
     value, grad = jax.value_and_grad(f)(x)
-    return value, _ravel(grad)
+    return value, _flat(grad)
 
 
 @functools.partial(jax.jit, static_argnames=("f", "dtype"))
 def _gradient(f, x, *, dtype):
-    return _ravel(jax.grad(f)(_cast(x, dtype)))
+    return _flat(jax.grad(f)(optax.tree.cast(x, dtype)))
 
 
 @functools.partial(jax.jit, static_argnames=("f", "dtype"))
 def _forward_gradient(f, x, *, dtype):
-    return _ravel(jax.jacfwd(f)(_cast(x, dtype)))
+    return _flat(jax.jacfwd(f)(optax.tree.cast(x, dtype)))
 
 
 @functools.partial(jax.jit, static_argnames=("f", "dtype"))
 def _jvp_along(f, x, v, lo, hi, unit, *, dtype):
-    x = _cast(x, dtype)
-    return jax.jvp(f, (x,), (_cast(_block_direction(v, lo, hi, unit), dtype),))[1]
+    x = optax.tree.cast(x, dtype)
+    return jax.jvp(f, (x,), (optax.tree.cast(_block_direction(v, lo, hi, unit), dtype),))[1]
 
 
 @functools.partial(jax.jit, static_argnames=("f", "dtype"))
 def _hvps(f, x, v, *, dtype):
     """Hessian-vector products, reverse over reverse mode (fine for custom_vjp and custom_jvp)."""
-    x, v = _cast(x, dtype), _cast(v, dtype)
+    x, v = optax.tree.cast(x, dtype), optax.tree.cast(v, dtype)
 
     def hvp(v):
-        return _ravel(jax.grad(lambda y: _vdot(jax.grad(f)(y), v))(x))
+        return _flat(jax.grad(lambda y: optax.tree.vdot(jax.grad(f)(y), v))(x))
 
     return jax.vmap(hvp)(v)
 
@@ -939,7 +941,7 @@ def _hvps(f, x, v, *, dtype):
 @functools.partial(jax.jit, static_argnames=("f", "method", "chunk_size", "dtype"))
 def _fd_coordinates(f, x, step, *, method, chunk_size, dtype):
     """Stencil values along every coordinate, ``f(x)`` and the displacements."""
-    x = _cast(x, dtype)
+    x = optax.tree.cast(x, dtype)
     leaves = jax.tree.leaves(x)
     h = finite_diff.flat_step(leaves, _step_power(method), step)
     offsets = finite_diff.stencil(method, with_error=True)
@@ -950,8 +952,8 @@ def _fd_coordinates(f, x, step, *, method, chunk_size, dtype):
 @functools.partial(jax.jit, static_argnames=("f", "method", "dtype"))
 def _fd_along(f, x, v, lo, hi, unit, step, *, method, dtype):
     """Stencil values along ``v`` restricted to [lo, hi), ``f(x)`` and the displacements."""
-    x = _cast(x, dtype)
-    w = _cast(_block_direction(v, lo, hi, unit), dtype)
+    x = optax.tree.cast(x, dtype)
+    w = optax.tree.cast(_block_direction(v, lo, hi, unit), dtype)
     offsets = finite_diff.stencil(method, with_error=True)
     t = finite_diff.direction_step(
         jax.tree.leaves(x), jax.tree.leaves(w), _step_power(method), step
@@ -963,7 +965,7 @@ def _fd_along(f, x, v, lo, hi, unit, step, *, method, dtype):
 @functools.partial(jax.jit, static_argnames=("f", "method", "dtype"))
 def _fd_gradient_along(f, x, v, step, *, method, dtype):
     """Stencil values of ``jax.grad(f)`` along each direction, the gradient, displacements."""
-    x, v = _cast(x, dtype), _cast(v, dtype)
+    x, v = optax.tree.cast(x, dtype), optax.tree.cast(v, dtype)
     offsets = finite_diff.stencil(method, with_error=True)
     grad = jax.grad(f)
 
@@ -971,11 +973,11 @@ def _fd_gradient_along(f, x, v, step, *, method, dtype):
         t = finite_diff.direction_step(
             jax.tree.leaves(x), jax.tree.leaves(w), _step_power(method), step
         )
-        values = jax.vmap(_ravel)(finite_diff.direction_values(grad, x, w, t, offsets))
+        values = jax.vmap(_flat)(finite_diff.direction_values(grad, x, w, t, offsets))
         return values, finite_diff.nominal_displacements(offsets, t)
 
     values, delta = jax.vmap(along)(v)
-    return values, _ravel(grad(x)), delta
+    return values, _flat(grad(x)), delta
 
 
 def _step_power(method: str) -> float:
@@ -1003,10 +1005,6 @@ def _block_direction(v, lo, hi, unit):
 # --- pytree helpers -------------------------------------------------------------------------
 
 
-def _ravel(tree: PyTree) -> jax.Array:
-    return jnp.concatenate([leaf.ravel() for leaf in jax.tree.leaves(tree)])
-
-
 def _rows(v: PyTree) -> np.ndarray:
     """Stacked directions as rows of flat float64 coordinates: shape (d, n)."""
     leaves = jax.tree.leaves(v)
@@ -1019,9 +1017,5 @@ def _take(v: PyTree, k: int) -> PyTree:
     return jax.tree.map(lambda a: a[k], v)
 
 
-def _cast(tree: PyTree, dtype) -> PyTree:
-    return tree if dtype is None else jax.tree.map(lambda a: a.astype(dtype), tree)
-
-
-def _vdot(a: PyTree, b: PyTree) -> jax.Array:
-    return sum(jnp.vdot(p, q) for p, q in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True))
+def _flat(tree: PyTree) -> jax.Array:
+    return ravel_pytree(tree)[0]

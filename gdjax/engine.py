@@ -397,11 +397,6 @@ def _divisor_near(n: int, most: int, fallback: int | None = None) -> int:
     return best if 4 * best >= most else (most if fallback is None else fallback)
 
 
-def tree_where(pred: jax.Array, on_true: PyTree, on_false: PyTree) -> PyTree:
-    """``jnp.where(pred, a, b)`` leaf by leaf (``pred`` broadcasts against each leaf)."""
-    return jax.tree.map(lambda a, b: jnp.where(pred, a, b), on_true, on_false)
-
-
 # --- the run -------------------------------------------------------------------------------------
 
 
@@ -704,7 +699,7 @@ class Loop(NamedTuple):
         r, good = state
         good = _keep_good(r, jnp.int32(self.steps + 1), good)
         loss, grad = self.problem.value_and_grad(good, self.steps_taken(r.flag), self.problem.aux)
-        return tree_where(marked, Carry(good, c.opt_state, loss, grad, r.flag), c)
+        return optax.tree.where(marked, Carry(good, c.opt_state, loss, grad, r.flag), c)
 
     def steps_taken(self, flag: jax.Array) -> jax.Array:
         """Updates applied by a run with this flag (a diverged run's last one is undone)."""
