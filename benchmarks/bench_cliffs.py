@@ -4,15 +4,13 @@ configs x optimiser.
 A quadratic ``0.5 sum(a_i x_i^2)`` with ``a = linspace(1, 3, d)`` from ``x0 = 1``, 500 steps, no
 tolerance and no history (``record_every=steps``), one config per learning rate, against the
 hand-written ``jit(vmap(scan))`` of the same optax optimiser (no loss, no checks). The ratio says
-what the sweep's checks (a stop flag per step, the loss at each segment's end, the divergence
-freeze) cost at that size: on XLA:CPU the per-config bookkeeping is a fixed cost per kernel, so
-small problems in small batches pay the most.
+what the sweep's checks (the loss and a stop check at each segment's end, the divergence
+replay, the result record) cost at that size: on XLA:CPU the per-config bookkeeping is a fixed
+cost per kernel, so small problems in small batches pay the most. Run with
+``python -m benchmarks cliffs``.
 """
 
 from __future__ import annotations
-
-import sys
-import time
 
 import jax
 import jax.numpy as jnp
@@ -76,10 +74,3 @@ def run(quick: bool) -> list[Row]:
                                 "hand jit(vmap(scan))", t_hd, "no history, no tol"))
     return rows
 
-
-if __name__ == "__main__":
-    t0 = time.perf_counter()
-    for row in run(quick="--quick" in sys.argv):
-        print(f"{row.case:45s} gdjax {row.gdjax_s * 1e3:8.2f} ms  peer {row.peer_s * 1e3:8.2f} ms"
-              f"  x{row.speedup:5.2f}")
-    print(f"total {time.perf_counter() - t0:.1f} s")

@@ -5,6 +5,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import regression_problem
+from regression_problem import linear_loss
 
 import gdjax
 from gdjax import Status, functions
@@ -138,16 +140,9 @@ def test_the_result_is_a_pytree_of_arrays():
 # --- fit ------------------------------------------------------------------------------------
 
 
-def linear_loss(p, batch):
-    X, y = batch
-    return jnp.mean((X @ p["w"] + p["b"] - y) ** 2)
-
-
 @pytest.fixture(scope="module")
 def regression():
-    X = jax.random.normal(jax.random.key(0), (48, 3))
-    y = X @ jnp.array([1.0, -2.0, 0.5]) + 0.3
-    return (X, y), {"w": jnp.zeros(3), "b": jnp.zeros(())}
+    return regression_problem.regression()
 
 
 FIT_KW = dict(batch_size=8, epochs=6, tol=0.5, seed=3)

@@ -8,6 +8,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import regression_problem
+from regression_problem import linear_loss
 from rich.console import Console
 
 from gdjax import functions
@@ -25,16 +27,9 @@ def bowl(x):
     return 0.5 * A * jnp.sum(x**2)
 
 
-def linear_loss(p, batch):
-    X, y = batch
-    return jnp.mean((X @ p["w"] + p["b"] - y) ** 2)
-
-
 @pytest.fixture(scope="module")
 def regression():
-    X = jax.random.normal(jax.random.key(0), (48, 3))
-    y = X @ jnp.array([1.0, -2.0, 0.5]) + 0.3
-    return (X, y), {"w": jnp.zeros(3), "b": jnp.zeros(())}
+    return regression_problem.regression()
 
 
 def first_overflow(eta, x0):
