@@ -136,6 +136,10 @@ class GradCheckReport:
     n_checked: int
     notes: tuple[str, ...] = ()
 
+    def __bool__(self) -> bool:
+        """``report.ok``: ``assert check_grads(f, x)`` fails on a failing check."""
+        return self.ok
+
     def __str__(self) -> str:
         verdict = "OK" if self.ok else self.kind.upper()
         head = f"gradient check: {verdict} ({self.comparison}"
@@ -230,22 +234,28 @@ def check_grads(
       >>> report.ok, report.kind
       (True, 'ok')
     """
+    with inputs.precision(x):
+        return _check_grads(
+            f,
+            x,
+            order=order,
+            modes=modes,
+            fd_method=fd_method,
+            step=step,
+            rtol=rtol,
+            atol=atol,
+            fd_dtype=fd_dtype,
+            n_directions=n_directions,
+            full_threshold=full_threshold,
+            seed=seed,
+            chunk_size=chunk_size,
+        )
+
+
+def _check_grads(f, x, *, order, **kwargs) -> GradCheckReport:
     x = inputs.float_params("x", x)
-    inputs.scalar_function("f", f, x)
-    config = _Config.validated(
-        x,
-        order=order,
-        modes=modes,
-        fd_method=fd_method,
-        step=step,
-        rtol=rtol,
-        atol=atol,
-        fd_dtype=fd_dtype,
-        n_directions=n_directions,
-        full_threshold=full_threshold,
-        seed=seed,
-        chunk_size=chunk_size,
-    )
+    _scalar_function(f, x)
+    config = _Config.validated(x, order=order, **kwargs)
     problem = _Problem(finite_diff.static(f), x, config)
     if not np.isfinite(problem.f0):
         return problem.non_finite_value()
@@ -253,6 +263,27 @@ def check_grads(
     if order == 2:
         candidates.append(problem.second_order())
     return problem.report(max(candidates, key=lambda c: c.key))
+
+
+def _scalar_function(f, x) -> None:
+    """:func:`gdjax.inputs.scalar_function`, and a pointer to the right call for the jax-style
+    ``check_grads(f, (x,))``: a tuple is a valid point, so it is never unpacked on a guess."""
+    try:
+        inputs.scalar_function("f", f, x)
+    except Exception as error:
+        if not isinstance(x, tuple) or not callable(f):
+            raise
+        try:
+            inputs.scalar_function("f", f, *x)
+        except Exception:
+            raise error from None
+        raise TypeError(
+            "check_grads(f, x) takes the point itself, not a tuple of f's arguments as "
+            "jax.test_util.check_grads does: f(x) failed while f(*x) works; call "
+            f"check_grads(f, x[0]) for one argument, or check_grads(lambda a: f(*a), x) for "
+            f"several; got x as a tuple of {len(x)} (f(x) raised {type(error).__name__}: "
+            f"{str(error).splitlines()[0] if str(error) else ''})"
+        ) from error
 
 
 def assert_grads_close(f: Callable[[PyTree], jax.Array], x: PyTree, **kwargs: Any) -> None:

@@ -152,19 +152,20 @@ def numerical_gradient(
       W. Squire and G. Trapp, Using complex variables to estimate derivatives of real functions,
       SIAM Review 40(1), 1998. https://doi.org/10.1137/S003614459631241X
     """
-    x = inputs.float_params("x", x)
-    inputs.scalar_function("f", f, x)
-    check_method(method)
-    if chunk_size is not None:
-        inputs.positive_int("chunk_size", chunk_size)
-    return _numerical_gradient(
-        static(f),
-        x,
-        check_step(step),
-        method=method,
-        chunk_size=chunk_size,
-        return_error=return_error,
-    )
+    with inputs.precision(x):
+        x = inputs.float_params("x", x)
+        inputs.scalar_function("f", f, x)
+        check_method(method)
+        if chunk_size is not None:
+            inputs.positive_int("chunk_size", chunk_size)
+        return _numerical_gradient(
+            static(f),
+            x,
+            check_step(step),
+            method=method,
+            chunk_size=chunk_size,
+            return_error=return_error,
+        )
 
 
 def directional_derivative(
@@ -222,18 +223,20 @@ def directional_derivative(
     if not callable(f):
         raise TypeError(f"f must be callable, got f={f!r}")
     check_method(method)
-    x = inputs.float_params("x", x)
-    v = inputs.float_params("v", v)
-    if jax.tree.structure(v) != jax.tree.structure(x) or any(
-        a.shape != b.shape for a, b in zip(jax.tree.leaves(x), jax.tree.leaves(v), strict=True)
-    ):
-        raise ValueError(
-            "v must have the structure and shapes of x, got "
-            f"v={jax.tree.map(jnp.shape, v)} for x={jax.tree.map(jnp.shape, x)}"
+    with inputs.precision(x):
+        x = inputs.float_params("x", x)
+        v = inputs.float_params("v", v)
+        if jax.tree.structure(v) != jax.tree.structure(x) or any(
+            a.shape != b.shape
+            for a, b in zip(jax.tree.leaves(x), jax.tree.leaves(v), strict=True)
+        ):
+            raise ValueError(
+                "v must have the structure and shapes of x, got "
+                f"v={jax.tree.map(jnp.shape, v)} for x={jax.tree.map(jnp.shape, x)}"
+            )
+        return _directional_derivative(
+            static(f), x, v, check_step(step), method=method, return_error=return_error
         )
-    return _directional_derivative(
-        static(f), x, v, check_step(step), method=method, return_error=return_error
-    )
 
 
 @functools.partial(jax.jit, static_argnames=("f", "method", "chunk_size", "return_error"))

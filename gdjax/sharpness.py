@@ -9,7 +9,9 @@ two solutions (:func:`interpolate`, Keskar's Figure 3).
 
 Every function takes a scalar ``f`` of a pytree ``x``, never forms the Hessian, and is a pure
 function of its array arguments: ``jax.jit`` it, or ``jax.vmap`` it over a batch of points (one
-per sweep configuration) and get one result per point.
+per sweep configuration) and get one result per point. It computes in the dtype of ``x`` and
+returns results in it: float64 ``x`` (a NumPy array too) runs inside a local
+``jax.enable_x64(True)``, whatever the global flag.
 
 References:
     N. S. Keskar, D. Mudigere, J. Nocedal, M. Smelyanskiy and P. T. P. Tang, "On Large-Batch
@@ -142,10 +144,11 @@ def hvp(f: Callable[[PyTree], jax.Array], x: PyTree, v: PyTree) -> PyTree:
         >>> hvp(lambda x: x[0] ** 2 * x[1], jnp.array([1.0, 2.0]), jnp.array([1.0, 0.0]))
         Array([4., 2.], dtype=float32)
     """
-    x = _point(f, x)
-    v = inputs.float_params("v", v)
-    _check_same_shapes("v", v, "x", x)
-    return _hvp(f, x, jax.tree.map(lambda a, b: b.astype(a.dtype), x, v))
+    with inputs.precision(x):
+        x = _point(f, x)
+        v = inputs.float_params("v", v)
+        _check_same_shapes("v", v, "x", x)
+        return _hvp(f, x, jax.tree.map(lambda a, b: b.astype(a.dtype), x, v))
 
 
 @_jit_on_f()
@@ -210,7 +213,8 @@ def hessian_top_eigenvalue(
     """
     num_iters = inputs.positive_int("num_iters", num_iters)
     _check_positive("tol", tol)
-    return _top_eigenvalue(f, _point(f, x), num_iters, tol, seed)
+    with inputs.precision(x):
+        return _top_eigenvalue(f, _point(f, x), num_iters, tol, seed)
 
 
 @_jit_on_f()
@@ -299,7 +303,8 @@ def hutchinson_trace(
         19(2), 1990.
     """
     num_samples = inputs.positive_int("num_samples", num_samples)
-    return _trace(f, _point(f, x), num_samples, seed)
+    with inputs.precision(x):
+        return _trace(f, _point(f, x), num_samples, seed)
 
 
 @_jit_on_f(2)
@@ -366,7 +371,7 @@ def epsilon_sharpness(
 
     At a minimiser the rise :math:`f(x + Ay) - f(x)` is of order :math:`\epsilon^2`, while float32
     resolves ``f`` only to about :math:`10^{-7} |f(x)|`: for small ``epsilon`` at a flat minimum,
-    evaluate in float64 (float64 ``x`` inside ``with jax.enable_x64(True):``).
+    evaluate in float64 (pass a float64 ``x``, a NumPy array will do).
 
     Args:
         f: scalar function of a pytree of floating arrays (a loss, ``f >= 0``).
@@ -402,10 +407,11 @@ def epsilon_sharpness(
     _check_positive("epsilon", epsilon)
     ascent_steps = inputs.positive_int("ascent_steps", ascent_steps)
     num_starts = inputs.positive_int("num_starts", num_starts)
-    x = _point(f, x)
-    n = sum(leaf.size for leaf in jax.tree.leaves(x))
-    subspace_dim, subspace = _check_subspace(subspace_dim, subspace, n)
-    return _sharpness(f, x, epsilon, subspace_dim, subspace, ascent_steps, num_starts, seed)
+    with inputs.precision(x):
+        x = _point(f, x)
+        n = sum(leaf.size for leaf in jax.tree.leaves(x))
+        subspace_dim, subspace = _check_subspace(subspace_dim, subspace, n)
+        return _sharpness(f, x, epsilon, subspace_dim, subspace, ascent_steps, num_starts, seed)
 
 
 @_jit_on_f(3, 5, 6)
@@ -528,13 +534,14 @@ def interpolate(
         I. J. Goodfellow, O. Vinyals and A. M. Saxe, "Qualitatively characterizing neural
         network optimization problems", ICLR 2015. https://arxiv.org/abs/1412.6544
     """
-    x_a = _point(f, x_a, "x_a")
-    x_b = inputs.float_params("x_b", x_b)
-    _check_same_shapes("x_b", x_b, "x_a", x_a)
-    alphas = jnp.linspace(-1.0, 2.0, 61) if alphas is None else jnp.asarray(alphas)
-    if alphas.ndim != 1:
-        raise ValueError(f"alphas must be a 1-D array, got alphas with shape {alphas.shape}")
-    return _interpolate(f, x_a, x_b, alphas)
+    with inputs.precision(x_a):
+        x_a = _point(f, x_a, "x_a")
+        x_b = inputs.float_params("x_b", x_b)
+        _check_same_shapes("x_b", x_b, "x_a", x_a)
+        alphas = jnp.linspace(-1.0, 2.0, 61) if alphas is None else jnp.asarray(alphas)
+        if alphas.ndim != 1:
+            raise ValueError(f"alphas must be a 1-D array, got alphas with shape {alphas.shape}")
+        return _interpolate(f, x_a, x_b, alphas)
 
 
 @_jit_on_f()

@@ -286,3 +286,10 @@ def test_bad_arguments_are_named(kwargs, error, match):
 def test_bad_functions_and_points_are_named(f, x, error, match):
     with pytest.raises(error, match=match):
         check_grads(f, x)
+
+
+def test_a_report_is_falsy_when_it_fails_and_the_jax_style_call_shows_the_right_one():
+    assert not check_grads(custom_sin_times_x(wrong_at=1), jnp.linspace(-1.0, 1.0, 4))
+    with pytest.raises(TypeError, match=r"call check_grads\(f, x\[0\]\)"):
+        check_grads(sin_times_x, (jnp.linspace(-1.0, 1.0, 4),))
+    assert check_grads(lambda t: jnp.sum(t[0] * t[1]), (jnp.ones(2), jnp.ones(2)))  # a tuple point
