@@ -10,8 +10,6 @@ saved there, so an interrupted sweep resumes where it stopped.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -22,9 +20,12 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from gdjax import engine
+from gdjax.sweep import checkpoint as checkpoint_
 from gdjax.sweep import program
 
 PyTree = Any
+
+describe = checkpoint_.describe  # (what gdjax.sweep calls)
 
 CACHE_BYTES = 64 << 20
 """Working set of one chunk per device by default (64 MiB; the memory budget caps it too)."""
@@ -66,9 +67,11 @@ def run_groups(
         plans.append((static, idx, size, chunks))
     store = None
     if checkpoint is not None:
-        store = _Checkpoint(
-            checkpoint, _fingerprint(plans, varying, shared, describe),
-            [f"g{g}-c{k}" for g, (*_, chunks) in enumerate(plans) for k in range(chunks)],
+        store = checkpoint_.Checkpoint(
+            checkpoint, checkpoint_.fingerprint(plans, varying, shared),
+            {f"g{g}-c{k}": (g, k * size, min((k + 1) * size, len(idx)))
+             for g, (_, idx, size, chunks) in enumerate(plans) for k in range(chunks)},
+            describe,
         )
     total = sum(chunks for *_, chunks in plans)
     show = (total > 1 if progress is None else bool(progress)) and jax.process_index() == 0
@@ -96,7 +99,7 @@ def _run_group(
     varying: PyTree,
     shared_on_devices: PyTree,
     by_config: NamedSharding,
-    store: _Checkpoint | None,
+    store: checkpoint_.Checkpoint | None,
     advance: Callable[[], None],
     compact: bool,
 ) -> engine.Result:
@@ -250,77 +253,3 @@ class _progress_bar:
     def __exit__(self, *exc: Any) -> None:
         if self.bar is not None:
             self.bar.stop()
-
-
-class _Checkpoint:
-    """A directory of finished chunks (``<chunk>.npz``) and ``manifest.json`` (the fingerprint)."""
-
-    def __init__(self, directory: str | os.PathLike, fingerprint: str, chunks: list[str]):
-        self.directory = os.fspath(directory)
-        manifest = os.path.join(self.directory, "manifest.json")
-        if os.path.exists(manifest):
-            with open(manifest) as fh:
-                found = json.load(fh).get("fingerprint")
-            if found != fingerprint:
-                raise ValueError(
-                    f"checkpoint={self.directory!r} holds a different sweep (fingerprint {found} "
-                    f"!= {fingerprint}: another grid, function, optimiser, data or chunking); "
-                    "use a new directory or delete this one"
-                )
-        elif jax.process_index() == 0:
-            os.makedirs(self.directory, exist_ok=True)
-            _write_atomic(
-                manifest,
-                lambda fh: fh.write(json.dumps({"fingerprint": fingerprint, "chunks": chunks},
-                                               indent=1).encode()),
-            )
-
-    def load(self, name: str, treedef: Any) -> PyTree | None:
-        """The chunk's outcome if it finished earlier, else ``None``."""
-        path = os.path.join(self.directory, name + ".npz")
-        if not os.path.exists(path):
-            return None
-        with np.load(path) as z:
-            return jax.tree.unflatten(treedef, [z[f"leaf{i}"] for i in range(len(z.files))])
-
-    def save(self, name: str, tree: PyTree) -> None:
-        if jax.process_index() != 0:
-            return
-        leaves = jax.tree.leaves(tree)
-        _write_atomic(
-            os.path.join(self.directory, name + ".npz"),
-            lambda fh: np.savez(fh, **{f"leaf{i}": a for i, a in enumerate(leaves)}),
-        )
-
-
-def _write_atomic(path: str, write: Callable[[Any], None]) -> None:
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "wb") as fh:
-        write(fh)
-    os.replace(tmp, path)
-
-
-def describe(f: Callable, optimizer: Any, eval_fn: Callable | None) -> dict[str, Any]:
-    """Names of the callables (their code cannot be fingerprinted; their names can)."""
-    name = program.callable_name
-    return {"f": name(f), "optimizer": name(optimizer), "eval_fn": name(eval_fn)}
-
-
-def _fingerprint(plans: list, varying: PyTree, shared: PyTree, describe: Mapping[str, Any]) -> str:
-    """sha256 of everything that decides the results and the chunking."""
-    h = hashlib.sha256()
-    settings = [
-        {k: v for k, v in s._asdict().items() if k not in ("f", "tx", "eval_fn", "mesh")}
-        | {"chunk": size, "configs": len(idx)}
-        for s, idx, size, _ in plans
-    ]
-    h.update(json.dumps({"describe": describe, "groups": settings}, sort_keys=True).encode())
-    for tree in (varying, shared):
-        h.update(str(jax.tree.structure(tree)).encode())
-        for leaf in jax.tree.leaves(tree):
-            a = np.ascontiguousarray(leaf)
-            h.update(f"{a.dtype}{a.shape}".encode())
-            h.update(a.tobytes())
-    for _, idx, *_ in plans:
-        h.update(np.asarray(idx, np.int64).tobytes())
-    return h.hexdigest()[:16]
