@@ -71,6 +71,7 @@ MODES = ("rev", "fwd")
 
 _SAFETY = 3.0  # multiple of the estimated errors a tolerance allows
 _KINK_RATIO = 0.5  # smooth: the slope gap shrinks like h (ratio 1/4 or 1/2); a kink keeps it (~1)
+_FINER = (1 / 16, 1 / 256)  # steps of the recheck of a stencil that straddles a kink or an edge
 _RANK = {kind: rank for rank, kind in enumerate(KINDS)}
 
 _VALUE = "value of f"
@@ -583,6 +584,7 @@ class _Problem:
         self.starts = np.cumsum([0] + [leaf.size for _, leaf in leaves_with_paths])
         self.n = int(self.starts[-1])
         self.notes: list[str] = []
+        self.rechecked: list[tuple[int, float]] = []  # (entries redone, smooth, at scale)
         self.forward = "fwd" in config.modes  # cleared for a function without forward mode
         self.reverse = "rev" in config.modes
         f0, grad = _value_and_grad(f, x)
@@ -609,8 +611,18 @@ class _Problem:
                     f"one-sided slopes at step {e.step[i]:.1e}: right {e.slopes[i, 0]:.6e}, "
                     f"left {e.slopes[i, 1]:.6e}; their gap does not shrink with the step, a kink: "
                     "f has no derivative here, whatever autodiff says"
+                    + (" (at x, or closer to it than that step)" if self.rechecked else "")
                 ),
             )
+        if candidate.kind == "non-finite" and np.isfinite(ad) and not np.isfinite(fd):
+            notes.insert(
+                0,
+                f"the finite differences are not finite: f is nan or inf at a point of the "
+                f"stencil (step {e.step[i]:.1e}) though finite at x: x is closer than the step "
+                "to an edge of f's domain (log or sqrt at 0), or f overflows there; pass a "
+                "smaller step",
+            )
+        notes += self.recheck_notes()
         leaf, index = self.locate(candidate.flat_index)
         return GradCheckReport(
             ok=candidate.kind == "ok",
@@ -636,6 +648,20 @@ class _Problem:
             n_checked=candidate.n_checked,
             notes=tuple(notes + self.notes),
         )
+
+    def recheck_notes(self) -> list[str]:
+        """What :meth:`refined` redid, in one sentence."""
+        done = {scale: 0 for scale in _FINER}
+        for count, scale in self.rechecked:
+            done[scale] += count
+        if not sum(done.values()):
+            return []
+        return [
+            f"{sum(done.values())} entries met a kink or an edge of f's domain inside the "
+            "finite-difference stencil at the default step (closer to x than the step, e.g. a "
+            "ReLU unit near its threshold): rechecked where f is smooth on the stencil, "
+            + " and ".join(f"{n} at 1/{round(1 / h)} of the step" for h, n in done.items() if n)
+        ]
 
     def non_finite_value(self) -> GradCheckReport:
         nan = math.nan
@@ -713,6 +739,57 @@ class _Problem:
         )
         return None
 
+    def refined(self, oracle_at: Callable, width: np.ndarray, ads: list) -> dict:
+        """The oracle, with entries whose stencil straddles a kink or a domain edge redone.
+
+        ``oracle_at(scale)`` is the oracle at ``scale`` times the step; ``ads`` holds the
+        ``(autodiff, autodiff in the oracle's dtype, rounding or None)`` arrays compared with it.
+        An entry that is not OK at the default step (a kink, a non-finite or a failing value, or
+        an estimated truncation error above the tolerance) is computed again at 1/16 and then
+        1/256 of the step, and takes the first values where the stencil is smooth (finite, no
+        kink) if they are more accurate or differ: a kink or an edge closer to ``x`` than the
+        step (a ReLU unit near its threshold) is then no longer inside the stencil, while a
+        wrong gradient stays wrong. A kink still found at the finest step is at ``x`` or within
+        that step of it. A given ``step`` is honoured as is: nothing is redone.
+        """
+        c = self.config
+        oracle = oracle_at(1.0)
+        if c.step is not None or c.fd_method != "richardson":
+            return oracle
+        bad = np.zeros(len(width), bool)
+        kinks = _kinks(oracle, width, c.rtol, self.atol)
+        for ad, ad_ref, rounding in ads:
+            entries = _vs_fd(ad, ad_ref, oracle, width, kinks, rounding=rounding)
+            bad |= entries.verdicts(c.rtol, self.atol)[0] > 0
+        rough = kinks[0] | ~np.isfinite(oracle["value"])
+        # An estimate whose truncation error swamps the tolerance: a kink the slope test missed.
+        with np.errstate(invalid="ignore"):
+            blurred = (_SAFETY * oracle["error"] > c.rtol * np.abs(oracle["value"])) & (
+                oracle["error"] > 10 * oracle["noise"]
+            )
+        bad |= rough | blurred
+        if not bad.any():
+            return oracle
+        oracle = {name: a.copy() for name, a in oracle.items()}
+        for scale in _FINER:
+            finer = oracle_at(scale)
+            smooth = np.isfinite(finer["value"]) & ~_kinks(finer, width, c.rtol, self.atol)[0]
+            with np.errstate(invalid="ignore"):
+                moved = ~(
+                    np.abs(finer["value"] - oracle["value"])
+                    <= _SAFETY * (finer["error"] + oracle["error"])
+                )
+            # A smooth stencil that agrees with the first keeps the more accurate values.
+            better = moved | (finer["error"] < oracle["error"])
+            redo = bad & ((smooth & (rough | better)) | (~smooth & (scale == _FINER[-1])))
+            for name, a in finer.items():
+                oracle[name][redo] = a[redo]
+            self.rechecked.append((int((bad & smooth & redo).sum()), scale))
+            bad &= ~smooth
+            if not bad.any():
+                break
+        return oracle
+
     # -- first order, every coordinate ----------------------------------------------------------
 
     def first_order(self) -> list[_Candidate]:
@@ -720,17 +797,26 @@ class _Problem:
 
     def _full(self) -> list[_Candidate]:
         c = self.config
-        with c.precision():
-            raw = _fd_coordinates(
-                self.f,
-                self.x,
-                c.step,
-                method=c.fd_method,
-                chunk_size=c.chunk_size,
-                dtype=c.fd_dtype,
-            )
-        oracle = _oracle(c.fd_method, *raw)
+
+        def oracle_at(scale):
+            with c.precision():
+                raw = _fd_coordinates(
+                    self.f,
+                    self.x,
+                    c.step,
+                    np.float64(scale),
+                    method=c.fd_method,
+                    chunk_size=c.chunk_size,
+                    dtype=c.fd_dtype,
+                )
+            return _oracle(c.fd_method, *raw)
+
         width = np.ones(self.n)
+        forward = self.forward_mode(_forward_gradient)
+        ads = [(self.grad, self.grad_ref, None)] if self.reverse else []
+        if forward is not None:
+            ads.append((*forward, None))
+        oracle = self.refined(oracle_at, width, ads)
         kinks = _kinks(oracle, width, c.rtol, self.atol)
         worst = functools.partial(
             _worst, rtol=c.rtol, atol=self.atol, n_checked=self.n, flat_index=lambda i: i
@@ -740,7 +826,6 @@ class _Problem:
             candidates.append(
                 worst(_REV_VS_FD, _vs_fd(self.grad, self.grad_ref, oracle, width, kinks))
             )
-        forward = self.forward_mode(_forward_gradient)
         if forward is not None:
             candidates.append(worst(_FWD_VS_FD, _vs_fd(*forward, oracle, width, kinks)))
             if self.reverse:
@@ -779,24 +864,41 @@ class _Problem:
         """``comparisons`` along ``v_k`` (ones if ``unit``) restricted to coordinates [lo, hi)."""
         c = self.config
         args = (v_k, np.int32(lo), np.int32(hi), unit)
-        with c.precision():
-            raw = _fd_along(self.f, self.x, *args, c.step, method=c.fd_method, dtype=c.fd_dtype)
-        oracle = _oracle(c.fd_method, *raw)
+
+        def oracle_at(scale):
+            with c.precision():
+                raw = _fd_along(
+                    self.f,
+                    self.x,
+                    *args,
+                    c.step,
+                    np.float64(scale),
+                    method=c.fd_method,
+                    dtype=c.fd_dtype,
+                )
+            return _oracle(c.fd_method, *raw)
+
         w = np.ones(hi - lo) if unit else row_k[lo:hi]
         grad, grad_ref = self.grad[lo:hi], self.grad_ref[lo:hi]
         rev = np.sum(w * grad, keepdims=True)
         rev_ref = np.sum(w * grad_ref, keepdims=True)
         rev_rounding = np.sum(np.abs(w * (grad - grad_ref)), keepdims=True)
         width = np.sqrt(np.sum(w**2, keepdims=True))
+        forward = None
+        if {_FWD_VS_FD, _FWD_VS_REV} & set(comparisons):
+            forward = self.forward_mode(_jvp_along, *args)
+        ads = [(rev, rev_ref, rev_rounding)] if _REV_VS_FD in comparisons else []
+        if forward is not None:
+            ads.append((*forward, None))
+        oracle = self.refined(oracle_at, width, ads)
         kinks = _kinks(oracle, width, c.rtol, self.atol)
         found = {}
         if _REV_VS_FD in comparisons:
             found[_REV_VS_FD] = _vs_fd(rev, rev_ref, oracle, width, kinks, rounding=rev_rounding)
-        if {_FWD_VS_FD, _FWD_VS_REV} & set(comparisons):
-            forward = self.forward_mode(_jvp_along, *args)
-            if forward is not None and _FWD_VS_FD in comparisons:
+        if forward is not None:
+            if _FWD_VS_FD in comparisons:
                 found[_FWD_VS_FD] = _vs_fd(*forward, oracle, width, kinks)
-            if forward is not None and _FWD_VS_REV in comparisons:
+            if _FWD_VS_REV in comparisons:
                 found[_FWD_VS_REV] = _between(
                     *forward, rev, rev_ref, width, kinks, rev_rounding=rev_rounding
                 )
@@ -970,23 +1072,27 @@ def _hvps(f, x, v, *, dtype):
 
 
 @functools.partial(jax.jit, static_argnames=("f", "method", "chunk_size", "dtype"))
-def _fd_coordinates(f, x, step, *, method, chunk_size, dtype):
-    """Stencil values along every coordinate, ``f(x)`` and the displacements."""
+def _fd_coordinates(f, x, step, scale, *, method, chunk_size, dtype):
+    """Stencil values along every coordinate, ``f(x)`` and the displacements.
+
+    ``scale`` multiplies the step (a traced scalar: the kink and edge test's finer steps reuse
+    the compilation).
+    """
     x = optax.tree.cast(x, dtype)
     leaves = jax.tree.leaves(x)
-    h = finite_diff.flat_step(leaves, _step_power(method), step)
+    h = finite_diff.flat_step(leaves, _step_power(method), step) * scale
     offsets = finite_diff.stencil(method, with_error=True)
     values = finite_diff.coordinate_values(f, x, h, offsets, chunk_size)
     return values, f(x), finite_diff.displacements(leaves, h, offsets, rounded=step is None)
 
 
 @functools.partial(jax.jit, static_argnames=("f", "method", "dtype"))
-def _fd_along(f, x, v, lo, hi, unit, step, *, method, dtype):
+def _fd_along(f, x, v, lo, hi, unit, step, scale, *, method, dtype):
     """Stencil values along ``v`` restricted to [lo, hi), ``f(x)`` and the displacements."""
     x = optax.tree.cast(x, dtype)
     w = optax.tree.cast(_block_direction(v, lo, hi, unit), dtype)
     offsets = finite_diff.stencil(method, with_error=True)
-    t = finite_diff.direction_step(
+    t = scale * finite_diff.direction_step(
         jax.tree.leaves(x), jax.tree.leaves(w), _step_power(method), step
     )
     values = finite_diff.direction_values(f, x, w, t, offsets)
