@@ -5,7 +5,8 @@ grid, in grid order) and answers the usual questions: which config is best (:met
 best`), how many converged or diverged (:meth:`~SweepResult.counts`), what a config's grid values
 were (:meth:`~SweepResult.config`). It prints as a rich table and saves to CSV (one row per config)
 and JSON (everything, history included). Both files reload exactly: floats are written with
-Python's shortest round-trip ``repr``, so every number read back equals the one written.
+Python's shortest round-trip ``repr``, so every number read back equals the one written. A file
+that is empty, cut short or (CSV) edited after writing is refused with an error that names it.
 
 Example:
   >>> import numpy as np, gdjax.results as R
@@ -26,6 +27,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import hashlib
 import json
 import math
 import os
@@ -278,25 +280,44 @@ class SweepResult:
     def to_csv(self, path: str | os.PathLike) -> None:
         """Write one row per config: grid values, outcomes and final parameters.
 
-        Columns: ``config``, the grid axes, ``status`` (by name), ``loss``, ``best_loss``,
-        ``grad_norm``, ``steps``, ``diverged_at``, then the parameters. An array-valued leaf is
-        spread over one column per element, named ``<leaf>:<i>`` (``x0:0``, ``x0:1``,
-        ``params['w']:0:1``...). Floats are written with ``repr`` of their exact value, so
-        :meth:`from_csv` reads back equal numbers (as float64). History is not written: use
-        :meth:`to_json` for everything.
+        The first line is a comment, ``# gdjax.SweepResult {...}``: the format version, the row
+        count, the grid axes with their column counts, and a sha256 of the table, so that
+        :meth:`from_csv` refuses a file that was cut short or edited. Then the header and the
+        rows. Columns: ``config``, the grid axes, ``status`` (by name), ``loss``, ``best_loss``,
+        ``grad_norm``, ``steps``, ``diverged_at``, then the parameters. An array-valued leaf of
+        ``x0`` or the parameters is spread over one column per element, named
+        ``<leaf>:<i>`` (``x0:0``, ``x0:1``, ``params['w']:0:1``...). Any axis name reads back,
+        ``steps``, ``x0.scale`` or ``params:0`` included: columns are read by position, not by
+        name. Floats are written with ``repr`` of their exact value, so :meth:`from_csv` reads
+        back equal numbers (as float64). History is not written: use :meth:`to_json` for
+        everything. Pandas reads the table with ``pd.read_csv(path, comment="#")``.
+
+        Raises:
+          TypeError: a grid axis holds values other than numbers (use :meth:`to_json`).
         """
-        columns: dict[str, np.ndarray] = {"config": np.arange(len(self))}
+        columns: list[tuple[str, np.ndarray]] = [("config", np.arange(len(self)))]
+        axes = []
         for name, values in self.grid.items():
-            columns.update(_spread(name, values))
+            spread = _spread(name, values, tree=name == "x0")
+            for column, a in spread:
+                if a.dtype.kind not in "biuf":
+                    raise TypeError(
+                        f"cannot write grid axis {name!r} to CSV: column {column!r} holds "
+                        f"{a.dtype} values, not numbers; use to_json"
+                    )
+            columns += spread
+            axes.append([name, len(spread)])
         for name in _SCALARS:
-            columns[name] = self.status.names() if name == "status" else np.asarray(
-                getattr(self, name))
-        columns.update(_spread("params", self.params))
+            columns.append((name, self.status.names() if name == "status" else np.asarray(
+                getattr(self, name))))
+        columns += _spread("params", self.params, tree=True)
+        table = [[name for name, _ in columns]]
+        table += [list(row) for row in zip(*(_text_column(a) for _, a in columns), strict=True)]
+        meta = {"version": _CSV_VERSION, "rows": len(table) - 1, "grid": axes,
+                "sha256": _table_digest(table)}
         with open(path, "w", newline="") as fh:
-            writer = csv.writer(fh)
-            writer.writerow(columns)
-            cols = [_text_column(c) for c in columns.values()]
-            writer.writerows(zip(*cols, strict=True))
+            fh.write(f"{_CSV_MARK} {json.dumps(meta)}\n")
+            csv.writer(fh, lineterminator="\n").writerows(table)
 
     @classmethod
     def from_csv(cls, path: str | os.PathLike) -> SweepResult:
@@ -305,31 +326,56 @@ class SweepResult:
         Every number equals the one written; floats come back as float64 and integers as int64.
         A pytree of parameters comes back as a dict keyed by leaf path (``"['w']"``); a single
         array keeps its shape. ``history`` is ``None``.
+
+        Raises:
+          ValueError: the file (named) is empty, not a gdjax sweep CSV, or was cut short or
+            edited after writing (its rows or their sha256 differ from its first line's).
         """
-        with open(path, newline="") as fh:
-            rows = list(csv.reader(fh))
-        header, body = rows[0], rows[1:]
-        if header[:1] != ["config"] or not set(_SCALARS) <= set(header):
-            raise ValueError(f"{os.fspath(path)!r} is not a gdjax sweep CSV (header {header[:8]})")
-        cols = {name: [row[j] for row in body] for j, name in enumerate(header)}
-        leaves: dict[str, dict[str, list[tuple[tuple[int, ...], list[str]]]]] = {}
-        plain: dict[str, list[str]] = {}
-        for name, col in cols.items():
-            base, leaf, index = _split_column(name)
-            if base in ("x0", "params"):
-                leaves.setdefault(base, {}).setdefault(leaf, []).append((index, col))
-            else:
-                plain[name] = col
-        grid_names = [n for n in header[1:] if n not in _SCALARS]
+        where = repr(os.fspath(path))
+        try:
+            with open(path, newline="", encoding="utf-8") as fh:
+                first = fh.readline()
+                table = list(csv.reader(fh))
+        except UnicodeDecodeError as e:
+            raise ValueError(f"{where} is not a gdjax sweep CSV (not UTF-8 text: {e})") from None
+        if not first:
+            raise ValueError(f"{where} is empty: not a gdjax sweep CSV; write it with to_csv")
+        try:
+            if not first.startswith(_CSV_MARK + " "):
+                raise ValueError
+            meta = json.loads(first[len(_CSV_MARK):])
+            rows, axes, digest = int(meta["rows"]), meta["grid"], meta["sha256"]
+        except (ValueError, KeyError, TypeError):
+            raise ValueError(
+                f"{where} is not a gdjax sweep CSV: its first line is not the "
+                f"'{_CSV_MARK} {{...}}' comment that to_csv writes (got {first[:60]!r})"
+            ) from None
+        if len(table) - 1 != rows or _table_digest(table) != digest:
+            got = f"{len(table) - 1} rows" if table else "no header"
+            raise ValueError(
+                f"{where} was cut short or edited after it was written: it holds {got} "
+                f"where its first line says {rows}"
+                + ("" if len(table) - 1 != rows else ", and their sha256 differs")
+                + "; write it again with to_csv"
+            )
+        header, body = table[0], table[1:]
+        g = 1 + sum(count for _, count in axes)
+        if header[:1] != ["config"] or tuple(header[g:g + len(_SCALARS)]) != _SCALARS:
+            raise ValueError(f"{where} is not a gdjax sweep CSV (header {header[:8]})")
+        cols = [[row[j] for row in body] for j in range(len(header))]
         grid: dict[str, Any] = {}
-        for name in dict.fromkeys(_split_column(n)[0] for n in grid_names):
-            if name in ("x0",):
-                grid[name] = _gather(leaves[name], len(body))
-            elif name != "params":
-                grid[name] = _parse_column(plain[name])
+        at = 1
+        for name, count in axes:
+            if name == "x0":
+                grid[name] = _gather("x0", header[at:at + count], cols[at:at + count], len(body))
+            else:
+                grid[name] = _parse_column(cols[at])
+            at += count
+        plain = dict(zip(_SCALARS, cols[g:g + len(_SCALARS)], strict=True))
+        p = g + len(_SCALARS)
         return cls(
             grid=grid,
-            params=_gather(leaves.get("params", {}), len(body)),
+            params=_gather("params", header[p:], cols[p:], len(body)),
             loss=_parse_column(plain["loss"]),
             best_loss=_parse_column(plain["best_loss"]),
             grad_norm=_parse_column(plain["grad_norm"]),
@@ -364,20 +410,48 @@ class SweepResult:
 
     @classmethod
     def from_json(cls, path: str | os.PathLike) -> SweepResult:
-        """Read a file written by :meth:`to_json`: an equal result, dtypes and structure kept."""
-        with open(path) as fh:
-            doc = json.load(fh)
+        """Read a file written by :meth:`to_json`: an equal result, dtypes and structure kept.
+
+        Raises:
+          ValueError: the file (named) is empty, not JSON (e.g. cut short), not a gdjax sweep
+            file, or holds arrays whose data do not fill their shapes or configs.
+        """
+        where = repr(os.fspath(path))
+        try:
+            with open(path, encoding="utf-8") as fh:
+                text = fh.read()
+            doc = json.loads(text)
+        except (ValueError, UnicodeDecodeError) as e:  # (JSONDecodeError is a ValueError)
+            what = "empty" if not text.strip() else f"not readable JSON ({e})"
+            raise ValueError(
+                f"{where} is {what}: it may have been cut short; write it again with to_json"
+            ) from None
         if not isinstance(doc, dict) or doc.get("format") != _FORMAT:
-            raise ValueError(f"{os.fspath(path)!r} is not a gdjax sweep JSON file")
-        history = doc["history"]
-        return cls(
-            grid={name: _decode(v) for name, v in doc["grid"].items()},
-            params=_decode(doc["params"]),
-            **{name: _decode(doc[name]) for name in _SCALARS},
-            history=None
-            if history is None
-            else History(**{f: _decode(v) for f, v in history.items()}),
-        )
+            raise ValueError(f"{where} is not a gdjax sweep JSON file")
+        try:
+            history = doc["history"]
+            out = cls(
+                grid={name: _decode(v) for name, v in doc["grid"].items()},
+                params=_decode(doc["params"]),
+                **{name: _decode(doc[name]) for name in _SCALARS},
+                history=None
+                if history is None
+                else History(**{f: _decode(v) for f, v in history.items()}),
+            )
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
+            raise ValueError(f"{where} is not a valid gdjax sweep JSON file: "
+                             f"{type(e).__name__}: {e}") from None
+        fields = {"grid": out.grid, "params": out.params, "history": out.history,
+                  **{name: getattr(out, name) for name in _SCALARS}}
+        for field, tree in fields.items():
+            for leaf in jax.tree.leaves(tree):
+                if np.ndim(leaf) == 0 or len(leaf) != len(out):
+                    raise ValueError(
+                        f"{where} is not a valid gdjax sweep JSON file: {field} holds an "
+                        f"array of shape {np.shape(leaf)}, not one entry per config "
+                        f"({len(out)})"
+                    )
+        return out
 
     def _index(self, i: int) -> int:
         n = len(self)
@@ -390,7 +464,8 @@ def load(path: str | os.PathLike) -> SweepResult:
     """Read a :class:`SweepResult` from a ``.json`` or ``.csv`` file (by its extension).
 
     Raises:
-      ValueError: the extension is neither.
+      ValueError: the extension is neither, or the file (named) is empty, cut short, edited
+        (CSV) or not a gdjax sweep file.
     """
     ext = os.path.splitext(os.fspath(path))[1].lower()
     if ext == ".json":
@@ -402,38 +477,46 @@ def load(path: str | os.PathLike) -> SweepResult:
 
 # --- CSV helpers --------------------------------------------------------------------------------
 
-_COLUMN = re.compile(r"^(?P<base>x0|params)(?P<leaf>([\[.][^:]*)?)(?P<index>(:\d+)*)$")
+_CSV_MARK = "# gdjax.SweepResult"
+_CSV_VERSION = 3
+
+_LEAF = re.compile(r"^(?P<leaf>.*?)(?P<index>(:\d+)*)$")  # the leaf path, then ":i:j"
 
 
-def _spread(name: str, tree: PyTree) -> dict[str, np.ndarray]:
-    """``name`` (a 1-D array) or one column per element of each leaf of a pytree."""
-    if name not in ("x0", "params"):
-        return {name: np.asarray(tree)}
-    out = {}
-    for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+def _spread(name: str, values: PyTree, tree: bool) -> list[tuple[str, np.ndarray]]:
+    """``(name, values)`` for a 1-D array, or with ``tree`` one column per element of each
+    leaf of a pytree with a leading config axis, named ``name<leaf path>:<i>:<j>...``."""
+    if not tree:
+        return [(name, np.asarray(values))]
+    out = []
+    for path, leaf in jax.tree_util.tree_flatten_with_path(values)[0]:
         leaf = np.asarray(leaf)
         prefix = name + jax.tree_util.keystr(path)
         for index in np.ndindex(leaf.shape[1:]):
-            out[prefix + "".join(f":{k}" for k in index)] = leaf[(slice(None), *index)]
+            out.append((prefix + "".join(f":{k}" for k in index), leaf[(slice(None), *index)]))
     return out
 
 
-def _split_column(name: str) -> tuple[str, str, tuple[int, ...]]:
-    m = _COLUMN.match(name)
-    if m is None:
-        return name, "", ()
-    index = tuple(int(k) for k in m["index"].split(":")[1:])
-    return m["base"], m["leaf"], index
+def _table_digest(table: list[list[str]]) -> str:
+    h = hashlib.sha256()
+    for row in table:
+        h.update(json.dumps(row).encode() + b"\n")
+    return h.hexdigest()
 
 
-def _gather(leaves: dict[str, list[tuple[tuple[int, ...], list[str]]]], n: int) -> PyTree:
+def _gather(base: str, names: list[str], cols: list[list[str]], n: int) -> PyTree:
     """Columns back into arrays: one array for a bare leaf, else a dict keyed by leaf path."""
+    leaves: dict[str, list[tuple[tuple[int, ...], list[str]]]] = {}
+    for name, col in zip(names, cols, strict=True):
+        m = _LEAF.match(name[len(base):])
+        index = tuple(int(k) for k in m["index"].split(":")[1:])
+        leaves.setdefault(m["leaf"], []).append((index, col))
     arrays = {}
-    for leaf, cols in leaves.items():
-        shape = tuple(max(idx[d] for idx, _ in cols) + 1 for d in range(len(cols[0][0])))
-        first = _parse_column(cols[0][1])
+    for leaf, parts in leaves.items():
+        shape = tuple(max(idx[d] for idx, _ in parts) + 1 for d in range(len(parts[0][0])))
+        first = _parse_column(parts[0][1])
         out = np.empty((n, *shape), dtype=first.dtype)
-        for idx, col in cols:
+        for idx, col in parts:
             out[(slice(None), *idx)] = _parse_column(col)
         arrays[leaf] = out
     if list(arrays) == [""]:

@@ -99,8 +99,9 @@ def test_json_keeps_pytrees_and_non_finite_values(tmp_path):
 
 def test_csv_round_trip_is_exact(result, tmp_path):
     result.to_csv(tmp_path / "r.csv")
-    header = (tmp_path / "r.csv").read_text().splitlines()[0].split(",")
-    assert header[:4] == ["config", "learning_rate", "x0:0", "x0:1"]
+    first, header = (tmp_path / "r.csv").read_text().splitlines()[:2]
+    assert first.startswith("# gdjax.SweepResult {") and '"rows": 8' in first
+    assert header.split(",")[:4] == ["config", "learning_rate", "x0:0", "x0:1"]
     back = load(tmp_path / "r.csv")
     assert back.history is None and len(back) == len(result)
     for name in ("loss", "best_loss", "grad_norm", "status", "steps", "diverged_at"):
