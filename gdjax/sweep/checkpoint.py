@@ -296,16 +296,23 @@ def fingerprint(plans: list, varying: PyTree, shared: Mapping[str, PyTree]) -> d
 
 def _tree(tree: PyTree) -> tuple:
     leaves, treedef = jax.tree.flatten(tree)
-    return str(treedef), [np.asarray(a) for a in leaves]
+    return str(treedef), leaves
 
 
 def _probe(tx: Any, x0: PyTree) -> list[np.ndarray]:
     """``tx.init(x0)`` and one update of it with a fixed pseudo-random gradient, as arrays: two
-    optimisers that differ in a constant (``optax.sgd(1e-3)``, ``optax.sgd(3e-3)``) differ here."""
+    optimisers that differ in a constant (``optax.sgd(1e-3)``, ``optax.sgd(3e-3)``) differ here.
+
+    The update gets the loss arguments the engine passes (``value``, ``grad``, ``value_fn``)
+    when the transformation takes them (``optax.lbfgs``, ``reduce_on_plateau``)."""
     rng = np.random.default_rng(0)
     g = jax.tree.map(lambda a: rng.standard_normal(np.shape(a)).astype(np.dtype(a.dtype)), x0)
+    value = np.ones((), np.dtype(jax.tree.leaves(x0)[0].dtype))
     state = tx.init(x0)
-    updates, after = tx.update(g, state, x0)
+    try:
+        updates, after = tx.update(g, state, x0, value=value, grad=g, value_fn=lambda p: value)
+    except TypeError:  # a transformation without extra arguments
+        updates, after = tx.update(g, state, x0)
     return [np.asarray(a) for a in jax.tree.leaves((state, updates, after))]
 
 
