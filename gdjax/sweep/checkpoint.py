@@ -97,7 +97,7 @@ class Checkpoint:
         if found is not None and found.get("fingerprint") != self.fingerprint:
             theirs = found.get("parts") if isinstance(found.get("parts"), dict) else {}
             differ = [k for k in sorted(set(theirs) | set(self.parts))
-                      if theirs.get(k) != self.parts.get(k)]
+                      if theirs and theirs.get(k) != self.parts.get(k)]
             raise CheckpointError(
                 f"checkpoint={self.directory!r} holds a different sweep (fingerprint "
                 f"{found.get('fingerprint')} != {self.fingerprint}; it differs in "
