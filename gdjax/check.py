@@ -619,8 +619,9 @@ class _Problem:
                 0,
                 f"the finite differences are not finite: f is nan or inf at a point of the "
                 f"stencil (step {e.step[i]:.1e}) though finite at x: x is closer than the step "
-                "to an edge of f's domain (log or sqrt at 0), or f overflows there; pass a "
-                "smaller step",
+                "to an edge of f's domain (log or sqrt at 0), or f overflows there"
+                + ("; so it is at 1/256 of the default step" if self.rechecked else "")
+                + "; pass a smaller step",
             )
         notes += self.recheck_notes()
         leaf, index = self.locate(candidate.flat_index)
@@ -756,32 +757,40 @@ class _Problem:
         oracle = oracle_at(1.0)
         if c.step is not None or c.fd_method != "richardson":
             return oracle
-        bad = np.zeros(len(width), bool)
+
+        def rough(o):  # a kink or a non-finite value inside the stencil
+            return _kinks(o, width, c.rtol, self.atol)[0] | ~np.isfinite(o["value"])
+
+        def blurred(o):  # a truncation error that swamps the tolerance: a kink the test missed
+            with np.errstate(invalid="ignore"):
+                wide = _SAFETY * o["error"] > c.rtol * np.abs(o["value"]) + self.atol * width
+                return wide & (o["error"] > 10 * o["noise"])
+
         kinks = _kinks(oracle, width, c.rtol, self.atol)
+        first_rough = rough(oracle)
+        bad = first_rough | blurred(oracle)
         for ad, ad_ref, rounding in ads:
             entries = _vs_fd(ad, ad_ref, oracle, width, kinks, rounding=rounding)
             bad |= entries.verdicts(c.rtol, self.atol)[0] > 0
-        rough = kinks[0] | ~np.isfinite(oracle["value"])
-        # An estimate whose truncation error swamps the tolerance: a kink the slope test missed.
-        with np.errstate(invalid="ignore"):
-            blurred = (_SAFETY * oracle["error"] > c.rtol * np.abs(oracle["value"])) & (
-                oracle["error"] > 10 * oracle["noise"]
-            )
-        bad |= rough | blurred
         if not bad.any():
             return oracle
         oracle = {name: a.copy() for name, a in oracle.items()}
         for scale in _FINER:
             finer = oracle_at(scale)
-            smooth = np.isfinite(finer["value"]) & ~_kinks(finer, width, c.rtol, self.atol)[0]
+            smooth = ~rough(finer) & ~blurred(finer)
             with np.errstate(invalid="ignore"):
+                more_accurate = finer["error"] < oracle["error"]
                 moved = ~(
                     np.abs(finer["value"] - oracle["value"])
                     <= _SAFETY * (finer["error"] + oracle["error"])
                 )
-            # A smooth stencil that agrees with the first keeps the more accurate values.
-            better = moved | (finer["error"] < oracle["error"])
-            redo = bad & ((smooth & (rough | better)) | (~smooth & (scale == _FINER[-1])))
+            # A smooth stencil that agrees with the first keeps the more accurate values; at the
+            # last step a rough one replaces a worse one.
+            last_resort = (scale == _FINER[-1]) & np.isfinite(finer["value"])
+            redo = bad & (
+                (smooth & (first_rough | moved | more_accurate))
+                | (~smooth & last_resort & (first_rough | more_accurate))
+            )
             for name, a in finer.items():
                 oracle[name][redo] = a[redo]
             self.rechecked.append((int((bad & smooth & redo).sum()), scale))
@@ -1009,7 +1018,7 @@ def _oracle(method, values, f0, delta) -> dict[str, np.ndarray]:
     oracle = dict(
         value=value,
         error=error,
-        step=np.abs(delta[0]) + 0 * value,
+        step=np.broadcast_to(np.abs(delta[0]), np.shape(value)),
         gap_coarse=nan,
         gap_fine=nan,
         noise=nan,

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import functools
 import numbers
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -134,6 +135,15 @@ def numerical_gradient(
       The gradient estimate, a pytree with the structure, shapes and dtypes of ``x``; with
       ``return_error=True``, the pair ``(gradient, error)`` of two such pytrees.
 
+    The computation runs in the dtype of ``x`` and the result comes back in it: float64 ``x``
+    (a NumPy array too) runs inside a local ``jax.enable_x64(True)``, whatever the global flag.
+
+    Warns:
+      RuntimeWarning: an eager call's estimate is nan or inf somewhere; it says whether ``f(x)``
+        itself is not finite or ``f`` is not finite at a point of the stencil (``x`` closer than
+        the step to an edge of ``f``'s domain, e.g. ``log`` at 0 with the wide Richardson steps).
+        Under ``jit``, ``vmap`` or ``scan`` the values are unknown and the estimate is nan there.
+
     Raises:
       TypeError: ``f`` is not callable, a leaf of ``x`` is not floating point, or ``step`` or
         ``chunk_size`` has the wrong type.
@@ -158,14 +168,12 @@ def numerical_gradient(
         check_method(method)
         if chunk_size is not None:
             inputs.positive_int("chunk_size", chunk_size)
-        return _numerical_gradient(
-            static(f),
-            x,
-            check_step(step),
-            method=method,
-            chunk_size=chunk_size,
-            return_error=return_error,
+        step = check_step(step)
+        out = _numerical_gradient(
+            static(f), x, step, method=method, chunk_size=chunk_size, return_error=return_error
         )
+        _warn_if_not_finite(out[0] if return_error else out, f, x, method, step)
+        return out
 
 
 def directional_derivative(
@@ -204,7 +212,10 @@ def directional_derivative(
 
     Returns:
       The derivative, a pytree with the structure of ``f``'s output; with ``return_error=True``,
-      the pair ``(derivative, error)``.
+      the pair ``(derivative, error)``. In the dtype of ``x``, as :func:`numerical_gradient`.
+
+    Warns:
+      RuntimeWarning: a non-finite estimate, as :func:`numerical_gradient`.
 
     Raises:
       TypeError: ``f`` is not callable, a leaf of ``x`` or ``v`` is not floating point, or
@@ -234,9 +245,58 @@ def directional_derivative(
                 "v must have the structure and shapes of x, got "
                 f"v={jax.tree.map(jnp.shape, v)} for x={jax.tree.map(jnp.shape, x)}"
             )
-        return _directional_derivative(
-            static(f), x, v, check_step(step), method=method, return_error=return_error
+        step = check_step(step)
+        out = _directional_derivative(
+            static(f), x, v, step, method=method, return_error=return_error
         )
+        _warn_if_not_finite(out[0] if return_error else out, f, x, method, step, along=True)
+        return out
+
+
+def _warn_if_not_finite(estimate, f, x, method, step, *, along=False):
+    """A ``RuntimeWarning`` that says why when an eager call's estimate holds nan or inf.
+
+    Under a trace (``jit``, ``vmap``, ``scan``) values are unknown and nothing is said.
+    """
+    leaves = jax.tree.leaves(estimate)
+    if any(isinstance(leaf, jax.core.Tracer) for leaf in leaves + jax.tree.leaves(x)):
+        return
+    bad = [np.flatnonzero(~np.isfinite(np.asarray(leaf))) for leaf in leaves]
+    count = sum(b.size for b in bad)
+    if not count:
+        return
+    f0 = float(f(x))
+    x_leaves = jax.tree.leaves(x)
+    if along:
+        where, first = "the derivative along v", None
+    else:
+        k = next(i for i, b in enumerate(bad) if b.size)
+        path = jax.tree_util.keystr(jax.tree_util.tree_flatten_with_path(estimate)[0][k][0])
+        index = tuple(int(i) for i in np.unravel_index(bad[k][0], np.shape(leaves[k])))
+        total = sum(np.size(leaf) for leaf in leaves)
+        where = f"{count} of {total} entries (first: x{path} at index {index})"
+        first = np.asarray(x_leaves[k])[index]
+    if not np.isfinite(f0):
+        why = f"f(x) = {f0} itself"
+    else:
+        if step is not None:
+            size = f"step={step:g}"
+        elif first is not None:
+            size = f"default step {float(default_step(jnp.asarray(first), STEP_POWER[method])):.2g}"
+        else:
+            size = "the default step"
+        why = (
+            f"f(x) = {f0:.6g} is finite, but f is nan or inf at a point of the {method!r} stencil "
+            f"({size}): x is closer than the step to an edge of f's domain (log or sqrt at 0) "
+            "or f overflows there; pass a smaller step=, or method='forward' or 'backward' to "
+            "step away from the edge"
+        )
+    warnings.warn(
+        f"{'directional_derivative' if along else 'numerical_gradient'}: the {method!r} "
+        f"estimate is not finite at {where}: {why}",
+        RuntimeWarning,
+        stacklevel=3,
+    )
 
 
 @functools.partial(jax.jit, static_argnames=("f", "method", "chunk_size", "return_error"))

@@ -293,3 +293,12 @@ def test_a_report_is_falsy_when_it_fails_and_the_jax_style_call_shows_the_right_
     with pytest.raises(TypeError, match=r"call check_grads\(f, x\[0\]\)"):
         check_grads(sin_times_x, (jnp.linspace(-1.0, 1.0, 4),))
     assert check_grads(lambda t: jnp.sum(t[0] * t[1]), (jnp.ones(2), jnp.ones(2)))  # a tuple point
+
+
+def test_a_domain_edge_inside_the_stencil_is_stepped_over_or_named():
+    f = lambda x: jnp.sum(jnp.log(x))  # noqa: E731
+    report = check_grads(f, jnp.array([1e-5, 1.0]))  # the default step, 1.2e-4, passes 0
+    assert report.ok and "rechecked where f is smooth on the stencil, 1 at 1/256" in str(report)
+    report = check_grads(f, np.array([1e-9, 1.0]))  # 1/256 of the step still passes 0
+    assert (report.kind, report.index) == ("non-finite", (0,))
+    assert "the finite differences are not finite" in str(report)

@@ -1,5 +1,7 @@
 """Finite-difference gradients against closed forms, jax.grad and the seed notes' NumPy loop."""
 
+import warnings
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -290,3 +292,15 @@ def test_a_direction_that_does_not_match_x_is_named():
         directional_derivative(cube, jnp.ones(3), jnp.ones(4))
     with pytest.raises(ValueError, match="method must be one of"):
         directional_derivative(cube, jnp.ones(3), jnp.ones(3), method="five_point")
+
+
+def test_a_stencil_past_a_domain_edge_warns_instead_of_a_silent_nan():
+    with pytest.warns(RuntimeWarning, match=r"not finite at 1 of 1 entries[\s\S]*edge of f's"):
+        assert np.isnan(numerical_gradient(jnp.log, 1e-3, method="richardson"))
+    with pytest.warns(RuntimeWarning, match=r"directional_derivative: [\s\S]*edge of f's"):
+        directional_derivative(jnp.log, 1e-3, 1.0, method="richardson")
+    with pytest.warns(RuntimeWarning, match=r"f\(x\) = nan itself"):
+        numerical_gradient(jnp.log, -1.0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert numerical_gradient(jnp.log, 1e-3, step=1e-5) == pytest.approx(1e3, rel=1e-3)
