@@ -26,8 +26,9 @@ References:
 
 from __future__ import annotations
 
+import numbers
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
 
 import jax
@@ -180,15 +181,24 @@ def batch_size_study(
     small = inputs.positive_int("small", small)
     large = inputs.positive_int("large", large)
     epochs = inputs.positive_int("epochs", epochs)
+    eigen_iters = inputs.positive_int("eigen_iters", eigen_iters)
+    ascent_steps = inputs.positive_int("ascent_steps", ascent_steps)
+    inputs.positive_number("learning_rate", learning_rate)
     if small >= large:
         raise ValueError(f"small must be below large, got small={small}, large={large}")
-    seeds = [int(s) for s in seeds]
+    seeds = _integers("seeds", seeds)
     if not seeds:
-        raise ValueError("seeds must not be empty")
+        raise ValueError(f"seeds must not be empty, got seeds={seeds!r}")
+    hidden = _integers("hidden", hidden)
+    if any(h < 1 for h in hidden):
+        raise ValueError(f"hidden must hold positive layer widths, got hidden={hidden!r}")
+    epsilons = list(epsilons)
     for e in epsilons:
-        if not e > 0:
-            raise ValueError(f"epsilons must be positive, got {e}")
+        if not (isinstance(e, numbers.Real) and e > 0):
+            raise ValueError(f"epsilons must be positive, got {e!r} in epsilons={epsilons!r}")
     alphas = np.linspace(-1.0, 2.0, 31) if alphas is None else np.asarray(alphas, float)
+    if data is not None:
+        _check_data(data)
     t0 = time.perf_counter()
 
     train, test = load_digits_split() if data is None else data
@@ -196,7 +206,9 @@ def batch_size_study(
     test = jax.tree.map(jnp.asarray, test)
     n_train = train["x"].shape[0]
     if large > n_train:
-        raise ValueError(f"large must be at most the training set size {n_train}, got {large}")
+        raise ValueError(
+            f"large must be at most the training set size {n_train}, got large={large}"
+        )
     sizes = [train["x"].shape[1], *hidden, int(jnp.max(train["y"])) + 1]
     inits = jax.vmap(lambda s: init_mlp(jax.random.key(s), sizes))(jnp.asarray(seeds))
 
@@ -251,3 +263,41 @@ def batch_size_study(
         line_test_loss=np.asarray(line_test), seconds=time.perf_counter() - t0,
         note=NOTE_SCALED if scale_lr else NOTE,
     )
+
+
+def _integers(name: str, values: Any) -> list[int]:
+    values = list(values)
+    if not all(isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in values):
+        raise TypeError(f"{name} must hold integers, got {name}={values!r}")
+    return [int(v) for v in values]
+
+
+def _check_data(data: Any) -> None:
+    """``(train, test)``: dicts of ``x``, ``(N, features)`` floats, and ``y``, ``(N,)`` int
+    labels."""
+    if not isinstance(data, tuple | list) or len(data) != 2:
+        raise ValueError(
+            f"data must be a (train, test) pair of dicts with keys 'x' and 'y', got "
+            f"data of type {type(data).__name__}"
+            + (f" with {len(data)} parts" if isinstance(data, tuple | list) else "")
+        )
+    features = set()
+    for i, part in enumerate(data):
+        where = f"data[{i}]"
+        if not isinstance(part, Mapping) or not {"x", "y"} <= set(part):
+            keys = sorted(map(str, part)) if isinstance(part, Mapping) else type(part).__name__
+            raise ValueError(f"{where} must be a dict with keys 'x' and 'y', got {keys}")
+        x, y = np.shape(part["x"]), np.shape(part["y"])
+        if len(x) != 2 or len(y) != 1 or x[0] != y[0] or x[0] == 0:
+            raise ValueError(
+                f"{where}['x'] and {where}['y'] must have the same number of samples, x of shape "
+                f"(samples, features) and y of shape (samples,), got shapes {x} and {y}"
+            )
+        x_dtype, y_dtype = np.asarray(part["x"]).dtype, np.asarray(part["y"]).dtype
+        if not np.issubdtype(x_dtype, np.floating):
+            raise TypeError(f"{where}['x'] must hold floats, got dtype {x_dtype}")
+        if not np.issubdtype(y_dtype, np.integer):
+            raise TypeError(f"{where}['y'] must hold integer class labels, got dtype {y_dtype}")
+        features.add(x[1])
+    if len(features) > 1:
+        raise ValueError(f"data's train and test x must have the same features, got {features}")

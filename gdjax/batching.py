@@ -30,7 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from gdjax import engine, inputs, optimizers
+from gdjax import descent, engine, inputs, optimizers
 from gdjax.descent import concrete
 from gdjax.engine import Result
 
@@ -78,22 +78,34 @@ def batch_schedule(seed: int, n: int, batch_size: int, epochs: int) -> np.ndarra
     return orders[:, : per_epoch * batch_size].reshape(epochs * per_epoch, batch_size)
 
 
-def batch_source(loss_fn: Callable[[PyTree, PyTree], jax.Array]) -> engine.ValueAndGrad:
-    """The engine's gradient source for ``loss_fn(params, batch)``.
+def batch_source(loss_fn: Callable[..., Any], has_aux: bool = False) -> engine.ValueAndGrad:
+    """The engine's gradient source for ``loss_fn(params, batch, *args)``.
 
-    ``aux`` is ``(data, indices)``: step ``t`` uses rows ``indices[t]`` (wrapping at the end);
-    ``indices=None`` means the whole data set every step.
+    ``aux`` is ``(data, indices, args)``: step ``t`` uses rows ``indices[t]`` (wrapping at the
+    end); ``indices=None`` means the whole data set every step. With ``has_aux``, ``loss_fn``
+    returns ``(loss, aux)`` and its ``aux`` is dropped.
     """
-    value_and_grad = jax.value_and_grad(loss_fn)
+    value_and_grad = jax.value_and_grad(descent.value_of(loss_fn, has_aux))
 
     def source(params, t, aux):
-        data, indices = aux
-        if indices is None:
-            return value_and_grad(params, data)
-        rows = indices[t % indices.shape[0]]
-        return value_and_grad(params, jax.tree.map(lambda a: a[rows], data))
+        return value_and_grad(params, batch_at(aux, t), *aux[2])
 
     return source
+
+
+def batch_value(loss_fn: Callable[..., Any], has_aux: bool = False) -> Callable:
+    """The loss alone, ``(params, t, aux) -> loss``, on :func:`batch_source`'s batches."""
+    loss = descent.value_of(loss_fn, has_aux)
+    return lambda params, t, aux: loss(params, batch_at(aux, t), *aux[2])
+
+
+def batch_at(aux: tuple, t: jax.Array) -> PyTree:
+    """Step ``t``'s batch of ``aux = (data, indices, args)``."""
+    data, indices = aux[:2]
+    if indices is None:
+        return data
+    rows = indices[t % indices.shape[0]]
+    return jax.tree.map(lambda a: a[rows], data)
 
 
 def fit(
@@ -109,6 +121,9 @@ def fit(
     eval_fn: Callable[[PyTree], Any] | None = None,
     record_every: int | None = None,
     tol: Any = None,
+    args: Any = (),
+    has_aux: bool = False,
+    divergence: float | None = engine.DIVERGENCE_FACTOR,
     **hyperparameters: Any,
 ) -> Result:
     """Train ``params`` on ``data`` by stochastic, mini-batch or batch gradient descent.
@@ -133,6 +148,12 @@ def fit(
         ``history.metrics`` at every record.
       record_every: history every this many steps; once per epoch when ``None``.
       tol: converged once the (mini-batch) gradient norm is ``<= tol``.
+      args: extra arguments: ``loss_fn(params, batch, *args)`` (arrays, traced).
+      has_aux: ``loss_fn`` returns ``(loss, aux)``; ``result.aux`` is the ``aux`` over the whole
+        data set at the final parameters.
+      divergence: diverged once the mini-batch loss is non-finite or passes
+        ``f0 + divergence * max(|f0|, 1)``, ``f0`` the first batch's loss (see
+        :func:`gdjax.minimize`); ``None``: only a non-finite loss.
       **hyperparameters: other hyperparameters of the optimiser.
 
     Returns:
@@ -165,6 +186,7 @@ def fit(
         "record_every", n // batch_size if record_every is None else record_every
     )
     tol = inputs.optional_tolerance("tol", tol)
+    divergence = inputs.optional_tolerance("divergence", divergence)
     if not isinstance(seed, int) or isinstance(seed, bool):
         raise TypeError(
             f"seed must be a Python int (it orders the batches on the host), got seed={seed!r}; "
@@ -179,21 +201,29 @@ def fit(
         params = inputs.float_params("params", params)
         data = jax.tree.map(jnp.asarray, data)
         first = jax.tree.map(lambda a: a[:batch_size], data)
-        inputs.scalar_function("loss_fn", loss_fn, params, first)
-        tx, numbers = optimizers.prepare(optimizer, hyperparameters)
+        args = descent.extra_args(args)
+        descent.check_objective("loss_fn", loss_fn, has_aux, params, first, *args)
+        tx, numbers = optimizers.prepare(optimizer, hyperparameters, params)
         indices = None
         if batch_size < n:
             indices = batch_schedule(seed, n, batch_size, epochs)
-        result = _fit(params, numbers, data, indices, tol, inputs.static(loss_fn), tx,
-                      inputs.static(eval_fn), steps, record_every)
+        result = _fit(params, numbers, (data, indices, args), tol, divergence,
+                      inputs.static(loss_fn), tx, inputs.static(eval_fn), steps, record_every,
+                      bool(has_aux))
     return concrete(result)
 
 
-@functools.partial(jax.jit, static_argnums=(5, 6, 7, 8, 9))
-def _fit(params, numbers, data, indices, tol, loss_fn, tx, eval_fn, steps, record_every):
+@functools.partial(jax.jit, static_argnums=(5, 6, 7, 8, 9, 10))
+def _fit(params, numbers, aux, tol, divergence, loss_fn, tx, eval_fn, steps, record_every,
+         has_aux):
     run = engine.run(
-        batch_source(loss_fn.value), tx, params, steps=steps, aux=(data, indices),
+        batch_source(loss_fn.value, has_aux), tx, params, steps=steps, aux=aux,
         opt_state=optimizers.init_state(tx, params, numbers), record_every=record_every,
-        gtol=tol, record_fn=eval_fn.value,
+        gtol=tol, divergence=divergence, value=batch_value(loss_fn.value, has_aux),
+        record_fn=eval_fn.value,
     )
-    return run._replace(loss=loss_fn.value(run.params, data))
+    data, _, args = aux
+    out = loss_fn.value(run.params, data, *args)
+    if has_aux:
+        return run._replace(loss=out[0], aux=out[1])
+    return run._replace(loss=out)

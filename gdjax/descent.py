@@ -11,6 +11,7 @@ from collections.abc import Callable
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import optax
 
@@ -26,16 +27,72 @@ SEED_STEP = 1e-4
 """The seed's finite-difference step ``h`` in ``numerical_gradient``."""
 
 
-def gradient_source(f: Callable[[PyTree], jax.Array], grad: str) -> engine.ValueAndGrad:
-    """The engine's gradient source for ``f``: ``"autodiff"`` or ``"numerical"``.
+def gradient_source(f: Callable[..., Any], grad: str, has_aux: bool = False) -> engine.ValueAndGrad:
+    """The engine's gradient source for ``f(x, *args)``: ``"autodiff"`` or ``"numerical"``.
 
-    ``"numerical"`` is the seed's estimator: central differences with ``h = 1e-4``.
+    The engine's ``aux`` is ``args``, the extra arguments (a tuple, ``None`` for none). With
+    ``has_aux``, ``f`` returns ``(loss, aux)`` and its ``aux`` is dropped. ``"numerical"`` is the
+    seed's estimator: central differences with ``h = 1e-4``.
     """
+    loss = value_of(f, has_aux)
     if grad == "autodiff":
-        return engine.autodiff(f)
+        value_and_grad = jax.value_and_grad(loss)
+        return lambda x, t, args: value_and_grad(x, *(args or ()))
     if grad == "numerical":
-        return lambda x, t, aux: (f(x), numerical_gradient(f, x, method="central", step=SEED_STEP))
+        return lambda x, t, args: (
+            loss(x, *(args or ())),
+            numerical_gradient(lambda y: loss(y, *(args or ())), x, method="central",
+                               step=SEED_STEP),
+        )
     raise ValueError(f"grad must be one of {GRAD_SOURCES}, got grad={grad!r}")
+
+
+def value_of(f: Callable[..., Any], has_aux: bool) -> Callable[..., Any]:
+    """``f`` itself, or with ``has_aux`` the loss alone: ``f(...)[0]`` (one object per ``f``, so
+    what is cached on it stays cached)."""
+    if not has_aux:
+        return f
+    try:
+        return _value_of(f)
+    except TypeError:  # an unhashable f
+        return lambda *a: f(*a)[0]
+
+
+@functools.lru_cache(maxsize=256)
+def _value_of(f: Callable[..., Any]) -> Callable[..., Any]:
+    return lambda *a: f(*a)[0]
+
+
+def check_objective(name: str, f: Callable, has_aux: Any, *args: Any) -> Any:
+    """Check that ``f(*args)`` is a scalar loss, or with ``has_aux`` a pair ``(loss, aux)``;
+    the loss's shape and dtype."""
+    has_aux = inputs.flag("has_aux", has_aux)
+    if has_aux and callable(f):
+        out = inputs.abstract(f, *args)
+        if not (isinstance(out, tuple | list) and len(out) == 2):
+            kind = type(out).__name__
+            raise TypeError(
+                f"with has_aux=True, {name} must return a pair (loss, aux), got a {kind}"
+                + (f" of {len(out)} values" if isinstance(out, tuple | list) else "")
+            )
+    return inputs.scalar_function(name, value_of(f, has_aux), *args)
+
+
+def extra_args(args: Any) -> tuple:
+    """``args`` as a tuple of arrays (a non-tuple is one argument, as in ``scipy.optimize``)."""
+    if args is None:
+        return ()
+    if not isinstance(args, tuple):
+        args = (args,)
+    for i, leaf in enumerate(jax.tree.leaves(args)):
+        if not (isinstance(leaf, jax.Array | np.ndarray | np.generic | int | float | complex)
+                or isinstance(leaf, jax.core.Tracer)):
+            raise TypeError(
+                f"args must hold arrays or numbers (they are traced like x0), got leaf {i} of "
+                f"type {type(leaf).__name__}: {leaf!r}; close over other values instead "
+                "(f = functools.partial(f, setting=...))"
+            )
+    return jax.tree.map(jnp.asarray, args)
 
 
 def gradient_descent(
@@ -74,6 +131,8 @@ def gradient_descent(
       >>> np.array2string(np.asarray(x), precision=8)
       '[-6.11110793e-10  8.14814391e-10]'
     """
+    step_num = inputs.positive_int("step_num", step_num)  # the seed's names in its messages
+    lr = inputs.positive_number("lr", lr)
     res = minimize(
         f, init_x, optimizer="sgd", learning_rate=lr, steps=step_num, grad=grad,
         record_every=step_num,
@@ -94,6 +153,9 @@ def minimize(
     record_every: int = 1,
     record_params: bool = False,
     grad: str = "autodiff",
+    args: Any = (),
+    has_aux: bool = False,
+    divergence: float | None = engine.DIVERGENCE_FACTOR,
     **hyperparameters: Any,
 ) -> Result:
     """Minimise ``f`` from ``x0`` with an optax optimiser, in one compiled loop.
@@ -122,13 +184,23 @@ def minimize(
       record_every: history every this many steps (plus the final state).
       record_params: record the parameters too (trajectory plots).
       grad: ``"autodiff"`` or ``"numerical"`` (the seed's central differences).
+      args: extra arguments: ``f(x, *args)`` (a non-tuple is one argument, as in
+        ``scipy.optimize.minimize``). Arrays, traced like ``x0``: new values never recompile,
+        and ``jax.vmap``/``jax.grad`` reach them.
+      has_aux: ``f`` returns ``(loss, aux)`` (``jax.grad``'s convention); ``result.aux`` is the
+        ``aux`` at the final parameters.
+      divergence: a run has diverged once its loss is non-finite or passes
+        ``f(x0) + divergence * max(|f(x0)|, 1)`` (on a quadratic of curvature ``L``, SGD at
+        ``lr * L = 2.02`` passes the default ``1e4`` within 240 steps); ``None``: only a
+        non-finite loss.
       **hyperparameters: other hyperparameters of a named optimiser (``momentum``, ``b1``...),
         or of an ``inject_hyperparams`` transformation.
 
     Returns:
-      A :class:`gdjax.Result`. A run whose loss becomes non-finite has status ``DIVERGED`` and
-      holds its last finite state; it does not raise. When called eagerly ``status`` is a
-      :class:`gdjax.Status` (so ``res.status == "converged"`` works); traced, an int32 array.
+      A :class:`gdjax.Result`. A run that diverges (see ``divergence``) has status
+      ``DIVERGED`` and holds its last state below the limit; it does not raise. When called
+      eagerly ``status`` is a :class:`gdjax.Status` (so ``res.status == "converged"`` works);
+      traced, an int32 array.
 
     Raises:
       ValueError, TypeError: bad arguments, named with their value.
@@ -154,24 +226,32 @@ def minimize(
     ftol = inputs.optional_tolerance("ftol", ftol)
     if grad not in GRAD_SOURCES:
         raise ValueError(f"grad must be one of {GRAD_SOURCES}, got grad={grad!r}")
+    divergence = inputs.optional_tolerance("divergence", divergence)
     if learning_rate is not None:
         hyperparameters["learning_rate"] = learning_rate
     with inputs.precision(x0):
         x0 = inputs.float_params("x0", x0)
-        inputs.scalar_function("f", f, x0)
-        tx, numbers = optimizers.prepare(optimizer, hyperparameters)
-        result = _minimize(x0, numbers, tol, ftol, inputs.static(f), tx, grad, steps,
-                           record_every, record_params)
+        args = extra_args(args)
+        check_objective("f", f, has_aux, x0, *args)
+        tx, numbers = optimizers.prepare(optimizer, hyperparameters, x0)
+        result = _minimize(x0, numbers, tol, ftol, divergence, args, inputs.static(f), tx, grad,
+                           steps, record_every, record_params, bool(has_aux))
     return concrete(result)
 
 
-@functools.partial(jax.jit, static_argnums=(4, 5, 6, 7, 8, 9))
-def _minimize(x0, numbers, tol, ftol, f, tx, grad, steps, record_every, record_params) -> Result:
-    return engine.run(
-        gradient_source(f.value, grad), tx, x0, steps=steps,
+@functools.partial(jax.jit, static_argnums=(6, 7, 8, 9, 10, 11, 12))
+def _minimize(x0, numbers, tol, ftol, divergence, args, f, tx, grad, steps, record_every,
+              record_params, has_aux) -> Result:
+    loss = value_of(f.value, has_aux)
+    result = engine.run(
+        gradient_source(f.value, grad, has_aux), tx, x0, steps=steps, aux=args,
         opt_state=optimizers.init_state(tx, x0, numbers), record_every=record_every, gtol=tol,
-        ftol=ftol, record_params=record_params,
+        ftol=ftol, divergence=divergence, value=lambda x, t, args: loss(x, *args),
+        record_params=record_params,
     )
+    if has_aux:
+        result = result._replace(aux=f.value(result.params, *args)[1])
+    return result
 
 
 def concrete(result: Result) -> Result:

@@ -15,9 +15,10 @@ and never branches in Python on a run's values. A run ends with one :class:`Stat
 * ``CONVERGED``: the gradient norm fell to ``gtol``, or one update changed the loss by at most
   ``ftol``; the run keeps the parameters at which that happened;
 * ``DIVERGED``: the loss became non-finite (a non-finite parameter or gradient shows in the loss at
-  once or one step later; the start is checked in full). The run keeps its last finite
-  parameters and the step at which it diverged, so one bad member of a sweep never turns the
-  others into NaN;
+  once or one step later; the start is checked in full) or passed the run's *ceiling*,
+  ``f0 + divergence * max(|f0|, 1)`` for a start loss ``f0`` (:data:`DIVERGENCE_FACTOR`). The
+  run keeps its last parameters before that and the step at which it diverged, so one bad
+  member of a sweep never turns the others into NaN;
 * ``MAX_STEPS``: neither happened within ``steps``.
 
 How the loop is organised (the reasons are XLA:CPU's costs, measured in benchmarks/RESULTS.md):
@@ -124,7 +125,8 @@ _MESSAGES = {
     Status.CONVERGED: "a tolerance was met: the gradient norm fell to tol, or an update changed "
     "the loss by at most ftol",
     Status.MAX_STEPS: "every step was taken without meeting a tolerance",
-    Status.DIVERGED: "the loss became non-finite; the parameters are the last finite ones",
+    Status.DIVERGED: "the loss became non-finite or passed the divergence limit; the parameters "
+    "are the last ones before it",
 }
 
 ValueAndGrad = Callable[[PyTree, jax.Array, PyTree], tuple[jax.Array, PyTree]]
@@ -134,6 +136,12 @@ ValueAndGrad = Callable[[PyTree, jax.Array, PyTree], tuple[jax.Array, PyTree]]
 mini-batch), ``aux`` any pytree of arrays the source needs (data, batch indices); either may be
 ignored.
 """
+
+DIVERGENCE_FACTOR = 1e4
+"""The default divergence criterion: a run has diverged once its loss is non-finite or passes
+``f0 + DIVERGENCE_FACTOR * max(|f0|, 1)``, ``f0`` its loss at the start. On a quadratic of
+curvature ``L``, gradient descent at ``lr * L = 2.02`` passes it within 240 steps (``2.1``: 50),
+long before float64 would overflow (near step 17,000 and 3,400)."""
 
 SEGMENT_STEPS = 64
 """Steps per segment when every step is evaluated: the unit of skipping a stopped batch."""
@@ -176,8 +184,10 @@ class Result(NamedTuple):
       grad_norm: global gradient norm at ``params``.
       status: int32 code of a :class:`Status` (a :class:`Status` member when computed eagerly).
       steps: int32, updates applied.
-      diverged_at: int32, the step whose update made the loss non-finite, or -1.
+      diverged_at: int32, the step whose update made the loss non-finite or passed the
+        divergence limit, or -1.
       history: the decimated :class:`History`.
+      aux: with ``has_aux=True``, the objective's auxiliary output at ``params``; else ``None``.
     """
 
     params: PyTree
@@ -188,6 +198,7 @@ class Result(NamedTuple):
     steps: jax.Array
     diverged_at: jax.Array
     history: History
+    aux: PyTree = None
 
     def __repr__(self) -> str:
         if np.ndim(self.status) != 0 or isinstance(self.status, jax.core.Tracer):
@@ -203,23 +214,33 @@ class Result(NamedTuple):
 
 class Carry(NamedTuple):
     """The loop's state; ``flag`` is 0 while running, ``t + 1`` once converged at step ``t`` and
-    ``-(t + 1)`` once diverged at step ``t``."""
+    ``-(t + 1)`` once diverged at step ``t``; ``ceiling`` the loss above which the run has
+    diverged (see :data:`DIVERGENCE_FACTOR`)."""
 
     params: PyTree
     opt_state: PyTree
     loss: jax.Array
     grad: PyTree
     flag: jax.Array
+    ceiling: jax.Array
 
 
 class Problem(NamedTuple):
-    """What every step of a run reads besides its carry."""
+    """What every step of a run reads besides its carry.
+
+    ``value`` is the loss alone, ``(params, t, aux) -> loss``, handed to transformations that
+    search along a line (``optax.lbfgs``); ``extra`` says whether ``tx.update`` reads the loss
+    (``value``, ``value_fn``), in which case every step is evaluated and passes them.
+    """
 
     value_and_grad: ValueAndGrad
     tx: optax.GradientTransformation
     aux: PyTree
     gtol: jax.Array | None
     ftol: jax.Array | None
+    divergence: jax.Array | None = None
+    value: Callable | None = None
+    extra: bool = False
 
 
 def autodiff(f: Callable[[PyTree], jax.Array]) -> ValueAndGrad:
@@ -347,7 +368,13 @@ def step(c: Carry, t: jax.Array, problem: Problem, *, evaluate: bool, limit: int
     # a stopped run is evaluated at the step it stopped at: a step-dependent source (a
     # mini-batch) then repeats its stop's values
     t_eval = jnp.where(c.flag == 0, jnp.minimum(t, limit), jnp.abs(c.flag) - 1)
-    updates, opt_state = problem.tx.update(grad, c.opt_state, c.params)
+    if problem.extra:  # the loss at c.params and a line search's loss function
+        t_prev = jnp.where(c.flag == 0, jnp.minimum(t - 1, limit), jnp.abs(c.flag) - 1)
+        updates, opt_state = problem.tx.update(
+            grad, c.opt_state, c.params, value=c.loss, grad=grad,
+            value_fn=lambda p: problem.value(p, t_prev, problem.aux))
+    else:
+        updates, opt_state = problem.tx.update(grad, c.opt_state, c.params)
     if hold == "none":
         params = optax.apply_updates(c.params, updates)
     else:  # multiplied by zero: under vmap XLA:CPU vectorises that, not a select on a per-run
@@ -358,12 +385,26 @@ def step(c: Carry, t: jax.Array, problem: Problem, *, evaluate: bool, limit: int
     if not evaluate:  # nothing stops inside a segment: it is checked at its end
         return c._replace(params=params, opt_state=opt_state)
     loss, grad = problem.value_and_grad(params, t_eval, problem.aux)
-    finite = jnp.isfinite(loss)
+    finite = bounded(loss, c.ceiling)
     flag = jnp.where(running & ~finite, -(t + 1), c.flag)
     met = _tolerance_met(loss, grad, c.loss, problem.gtol, problem.ftol)
     if met is not None:
         flag = jnp.where(running & finite & met, t + 1, flag)
-    return Carry(params, opt_state, loss, grad, flag)
+    return Carry(params, opt_state, loss, grad, flag, c.ceiling)
+
+
+def bounded(loss: jax.Array, ceiling: jax.Array) -> jax.Array:
+    """Whether a run with this loss is still running: finite and not above its ceiling."""
+    return jnp.isfinite(loss) & (loss <= ceiling)
+
+
+def ceiling(loss: jax.Array, factor: jax.Array | None) -> jax.Array:
+    """The loss above which a run that started at ``loss`` has diverged: ``loss + factor *
+    max(|loss|, 1)`` (``inf`` without a factor: non-finite losses only)."""
+    loss = lax.stop_gradient(loss)
+    if factor is None:
+        return jnp.full_like(loss, jnp.inf)
+    return loss + factor * jnp.maximum(jnp.abs(loss), 1)
 
 
 def _tolerance_met(loss, grad, previous_loss, gtol, ftol) -> jax.Array | None:
@@ -407,11 +448,56 @@ def problem(
     aux: PyTree = None,
     gtol: Any = None,
     ftol: Any = None,
+    divergence: Any = DIVERGENCE_FACTOR,
+    value: Callable | None = None,
 ) -> Problem:
-    """The :class:`Problem` of a run, its tolerances in the loss's dtype."""
+    """The :class:`Problem` of a run, its tolerances and divergence factor in the loss's dtype.
+
+    ``value`` (the loss alone, ``(params, t, aux) -> loss``) defaults to ``value_and_grad``'s
+    first output.
+    """
     dtype = jax.eval_shape(value_and_grad, params, jnp.int32(0), aux)[0].dtype
     cast = lambda tol: None if tol is None else jnp.asarray(tol, dtype)  # noqa: E731
-    return Problem(value_and_grad, tx, aux, cast(gtol), cast(ftol))
+    if value is None:
+        value = lambda p, t, a: value_and_grad(p, t, a)[0]  # noqa: E731
+    return Problem(value_and_grad, tx, aux, cast(gtol), cast(ftol), cast(divergence), value,
+                   reads_loss(tx, params))
+
+
+def reads_loss(tx: optax.GradientTransformation, params: PyTree) -> bool:
+    """Whether ``tx.update`` reads the loss (``value`` or ``value_fn``, as ``optax.lbfgs`` and
+    ``optax.contrib.reduce_on_plateau`` do), found by tracing one update (no computation)."""
+    leaves, treedef = jax.tree.flatten(params)
+    shapes = tuple((tuple(np.shape(x)), np.dtype(jnp.result_type(x))) for x in leaves)
+    try:
+        return _reads_loss(tx, treedef, shapes)
+    except TypeError:  # an unhashable transformation
+        return _reads_loss.__wrapped__(tx, treedef, shapes)
+
+
+@functools.lru_cache(maxsize=256)
+def _reads_loss(tx: optax.GradientTransformation, treedef: Any, shapes: tuple) -> bool:
+    params = jax.tree.unflatten(treedef, [jax.ShapeDtypeStruct(s, d) for s, d in shapes])
+    called = []
+
+    def update(params, value):
+        grads = jax.tree.map(jnp.zeros_like, params)
+
+        def value_fn(p):
+            called.append(True)
+            return value
+
+        try:
+            return tx.update(grads, tx.init(params), params, value=value, grad=grads,
+                             value_fn=value_fn)
+        except TypeError:  # a transformation without extra arguments
+            return tx.update(grads, tx.init(params), params)
+
+    dtype = shapes[0][1] if shapes else np.dtype(np.float32)
+    closed = jax.make_jaxpr(update)(params, jax.ShapeDtypeStruct((), dtype))
+    value_var = closed.jaxpr.invars[-1]
+    used = any(value_var in e.invars for e in closed.jaxpr.eqns)
+    return bool(called) or used or value_var in closed.jaxpr.outvars
 
 
 def start(problem: Problem, params: PyTree, opt_state: PyTree) -> Carry:
@@ -421,7 +507,8 @@ def start(problem: Problem, params: PyTree, opt_state: PyTree) -> Carry:
     flag = jnp.where(finite, 0, -1)
     if problem.gtol is not None:
         flag = jnp.where(finite & (global_norm(grad) <= problem.gtol), 1, flag)
-    return Carry(params, opt_state, loss, grad, flag.astype(jnp.int32))
+    return Carry(params, opt_state, loss, grad, flag.astype(jnp.int32),
+                 ceiling(loss, problem.divergence))
 
 
 def run(
@@ -435,6 +522,8 @@ def run(
     record_every: int = 1,
     gtol: float | jax.Array | None = None,
     ftol: float | jax.Array | None = None,
+    divergence: float | jax.Array | None = DIVERGENCE_FACTOR,
+    value: Callable | None = None,
     record_params: bool = False,
     record_fn: Callable[[PyTree], PyTree] | None = None,
 ) -> Result:
@@ -455,6 +544,9 @@ def run(
         state is always recorded too.
       gtol: converged once the gradient's global norm is ``<= gtol``; ``None`` disables it.
       ftol: converged once one update changes the loss by ``<= ftol``; ``None`` disables it.
+      divergence: diverged once the loss passes ``f0 + divergence * max(|f0|, 1)`` (``f0`` the
+        start's loss; :data:`DIVERGENCE_FACTOR`); ``None``: only once it is non-finite.
+      value: the loss alone, ``(params, t, aux) -> loss``, for a ``tx`` that reads it.
       record_params: also record the parameters (e.g. for trajectory plots).
       record_fn: ``params -> pytree of arrays`` recorded beside the loss (e.g. a test loss).
 
@@ -462,8 +554,8 @@ def run(
       A :class:`Result`.
     """
     opt_state = tx.init(params) if opt_state is None else opt_state
-    loop = Loop(problem(value_and_grad, tx, params, aux, gtol, ftol), steps, record_every,
-                record_params, record_fn)
+    loop = Loop(problem(value_and_grad, tx, params, aux, gtol, ftol, divergence, value), steps,
+                record_every, record_params, record_fn)
     first = start(loop.problem, params, opt_state)
     carry, records = loop.scan(first)
     return loop.finish(loop.replay(first, carry), records)
@@ -483,7 +575,8 @@ class Loop(NamedTuple):
     def evaluate(self) -> bool:
         """Whether every step evaluates the loss: a tolerance or a record every step needs it."""
         p = self.problem
-        return p.gtol is not None or p.ftol is not None or self.record_every == 1
+        return (p.gtol is not None or p.ftol is not None or p.extra
+                or self.record_every == 1)
 
     @property
     def segment_steps(self) -> int:
@@ -552,7 +645,7 @@ class Loop(NamedTuple):
             if not self.evaluate:  # the segment's one check, and a current loss and gradient
                 t1 = jnp.minimum(t0 + n_blocks * k, self.steps)
                 loss, grad = self.problem.value_and_grad(c.params, t1, self.problem.aux)
-                flag = jnp.where(running & ~jnp.isfinite(loss), -(t1 + 1), c.flag)
+                flag = jnp.where(running & ~bounded(loss, c.ceiling), -(t1 + 1), c.flag)
                 c = c._replace(loss=loss, grad=grad, flag=flag)
             return c, records
 
@@ -699,7 +792,7 @@ class Loop(NamedTuple):
         r, good = state
         good = _keep_good(r, jnp.int32(self.steps + 1), good)
         loss, grad = self.problem.value_and_grad(good, self.steps_taken(r.flag), self.problem.aux)
-        return optax.tree.where(marked, Carry(good, c.opt_state, loss, grad, r.flag), c)
+        return optax.tree.where(marked, Carry(good, c.opt_state, loss, grad, r.flag, c.ceiling), c)
 
     def steps_taken(self, flag: jax.Array) -> jax.Array:
         """Updates applied by a run with this flag (a diverged run's last one is undone)."""

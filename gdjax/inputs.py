@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import inspect
 import math
 import numbers
-from collections.abc import Callable
+import weakref
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import jax
@@ -53,6 +55,73 @@ def optional_tolerance(name: str, value: Any) -> Any:
     if not math.isfinite(value) or value < 0:
         raise ValueError(f"{name} must be finite and >= 0, got {name}={value!r}")
     return float(value)
+
+
+def positive_number(name: str, value: Any) -> Any:
+    """``value`` unless it is a concrete number that is not positive and finite (``ValueError``)
+    or not a real number at all (``TypeError``); a traced value or a schedule passes as it is."""
+    if callable(value) or isinstance(value, jax.core.Tracer):
+        return value
+    number = value.item() if isinstance(value, jax.Array | np.ndarray | np.generic) and np.ndim(
+        value) == 0 else value
+    if isinstance(number, bool) or not isinstance(number, numbers.Real):
+        raise TypeError(f"{name} must be a positive number, got {name}={_short(value)}")
+    if not (math.isfinite(number) and number > 0):
+        raise ValueError(f"{name} must be a positive finite number, got {name}={value!r}")
+    return value
+
+
+def hyperparameter(name: str, value: Any) -> None:
+    """``TypeError`` unless ``value`` is ``None``, a schedule (a callable) or real numbers (a
+    number, an array or a traced value); ranges are the optimiser's to check."""
+    if value is None or type(value) is float or type(value) is int or callable(value):
+        return
+    try:
+        dtype = value.dtype if hasattr(value, "dtype") else np.asarray(value).dtype
+    except ValueError:  # a ragged list
+        dtype = np.dtype(object)
+    if not (jnp.issubdtype(dtype, jnp.floating) or jnp.issubdtype(dtype, jnp.integer)):
+        raise TypeError(
+            f"{name} must be a number or an optax schedule (step -> value), got "
+            f"{name}={_short(value)}" + (f" of dtype {dtype}" if hasattr(value, "dtype") else "")
+        )
+
+
+MIN_MEMORY_BUDGET = 1 << 10
+
+
+def memory_budget(value: Any) -> int:
+    """``memory_budget`` in bytes; values under 1 KiB are refused as a unit mistake."""
+    value = positive_int("memory_budget", value)
+    if value < MIN_MEMORY_BUDGET:
+        raise ValueError(
+            f"memory_budget is a number of bytes and at least {MIN_MEMORY_BUDGET}, got "
+            f"memory_budget={value} (bytes); e.g. memory_budget=1 << 30 is 1 GiB"
+        )
+    return value
+
+
+_NOT_HYPERPARAMETERS = ("x0", "seed", "batch_size")
+
+
+def injected(name: str, tx: Any, axes: Any, params: PyTree) -> None:
+    """``ValueError`` when grid ``axes`` name hyperparameters of ``tx``, an optax
+    transformation whose state holds none (one not built with ``optax.inject_hyperparams``)."""
+    if isinstance(tx, str) or not hasattr(tx, "init") or not isinstance(axes, Mapping):
+        return
+    wanted = [a for a in axes if a not in _NOT_HYPERPARAMETERS]
+    if not wanted:
+        return
+    try:
+        state = jax.eval_shape(tx.init, params)
+    except Exception:  # noqa: BLE001 (a bad start or optimizer: their own checks report it)
+        return
+    if not isinstance(getattr(state, "hyperparams", None), Mapping):
+        raise ValueError(
+            f"grid axis {wanted[0]!r} must be a hyperparameter held in the optimizer's state, "
+            f"but {name}={_short(tx)} holds none: build it with optax.inject_hyperparams, e.g. "
+            "optax.inject_hyperparams(optax.sgd)(learning_rate=0.1), or pass a name such as 'sgd'"
+        )
 
 
 class static:  # noqa: N801 (a wrapper read like a function call)
@@ -102,7 +171,7 @@ def float_params(name: str, tree: PyTree, *, keep_numpy: bool = False) -> PyTree
     if not leaves:
         raise ValueError(f"{name} must contain at least one array, got {name}={tree!r}")
     for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
-        dtype = np.result_type(leaf) if not hasattr(leaf, "dtype") else leaf.dtype
+        dtype = leaf.dtype if hasattr(leaf, "dtype") else np.asarray(leaf).dtype
         if isinstance(leaf, float):
             continue
         if not jnp.issubdtype(dtype, jnp.floating):
@@ -130,16 +199,58 @@ def scalar_function(name: str, f: Callable, *args: Any) -> jax.ShapeDtypeStruct:
     """
     if not callable(f):
         raise TypeError(f"{name} must be callable, got {name}={f!r}")
-    out = abstract(f, *args)
-    shape = getattr(out, "shape", None)
-    if shape != ():
+    if getattr(type(f), "__module__", None) == "numpy":  # np.sum, np.sin (ufuncs, dispatchers)
+        short = getattr(f, "__name__", "f")
+        raise TypeError(
+            f"{name} must be a JAX-traceable function, got the NumPy function "
+            f"{name}=numpy.{short}; use jax.numpy instead: {name}=jnp.{short} "
+            "(import jax.numpy as jnp), or a function written with jnp"
+        )
+    try:
+        out = abstract(f, *args)
+    except TypeError as e:
+        _check_arguments(name, f, args, e)
+        raise
+    if not isinstance(out, jax.ShapeDtypeStruct):
+        raise TypeError(f"{name} must return a scalar array (e.g. jnp.sum(x**2)), got "
+                        f"{_describe(out)} from {name}={_short(f)}")
+    if out.shape != ():
         raise ValueError(
-            f"{name} must return a scalar, got output of shape {shape} "
+            f"{name} must return a scalar, got output of shape {out.shape} "
             f"(reduce it, e.g. with jnp.sum or jnp.mean)"
         )
     if not jnp.issubdtype(out.dtype, jnp.floating):
         raise TypeError(f"{name} must return a floating-point scalar, got dtype {out.dtype}")
     return out
+
+
+def _check_arguments(name: str, f: Callable, args: tuple, error: TypeError) -> None:
+    """A clear ``TypeError`` when ``f`` cannot be called with ``len(args)`` positional arguments
+    (checked only after tracing failed, so a good call pays nothing)."""
+    try:
+        signature = inspect.signature(f)
+    except (TypeError, ValueError):  # a builtin without a signature: JAX's error stands
+        return
+    try:
+        signature.bind(*args)
+    except TypeError:
+        wanted = f"{len(args)} positional argument{'s' * (len(args) != 1)}"
+        call = {1: " (x)", 2: " (params, batch)"}.get(len(args), "")
+        raise TypeError(
+            f"{name} must take {wanted}{call}, got {name}={_short(f)} with signature "
+            f"{signature} ({error})"
+        ) from None
+
+
+def _describe(out: Any) -> str:
+    if out is None:
+        return "None (does it lack a return statement?)"
+    if isinstance(out, tuple | list):
+        return (f"a {type(out).__name__} of {len(out)} values (return the loss alone; "
+                "minimize, fit and sweep take (loss, aux) with has_aux=True)")
+    if isinstance(out, Mapping):
+        return f"a {type(out).__name__} with keys {sorted(map(str, out))} (return the loss alone)"
+    return f"a {type(out).__name__}"
 
 
 def abstract(f: Callable, *args: Any) -> Any:
@@ -161,9 +272,10 @@ def abstract(f: Callable, *args: Any) -> Any:
             for x in leaves
         ))
     try:
-        return _abstract(f, signature)
+        hash(f)
     except TypeError:
-        return jax.eval_shape(f, *args)
+        return jax.eval_shape(_traceable(f), *args)
+    return _abstract(f, signature)
 
 
 _ONE_ARRAY = jax.tree.structure((0,))
@@ -173,7 +285,20 @@ _ONE_ARRAY = jax.tree.structure((0,))
 def _abstract(f: Callable, signature: tuple) -> Any:
     treedef, avals = signature
     args = jax.tree.unflatten(treedef, [jax.ShapeDtypeStruct(s, d) for s, d in avals])
-    return jax.eval_shape(f, *args)
+    return jax.eval_shape(_traceable(f), *args)
+
+
+def _traceable(f: Callable) -> Callable:
+    """``f``, or a plain function calling it when ``f`` takes no weak reference (a builtin).
+
+    ``jax.eval_shape`` keeps a weak reference to what it traces: on such an ``f`` it raises a
+    ``TypeError``, and on jax 0.10 a second try crashes the interpreter (a segfault).
+    """
+    try:
+        weakref.ref(f)
+    except TypeError:
+        return lambda *args: f(*args)
+    return f
 
 
 _WIDE = (np.float64, np.complex128)

@@ -40,6 +40,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from gdjax import inputs
+
 
 class _Spec(NamedTuple):
     factory: Callable[..., optax.GradientTransformation]
@@ -95,9 +97,16 @@ def optimizer(name: str, **hyperparameters: Any) -> optax.GradientTransformation
       >>> float(state.hyperparams["momentum"])
       0.5
     """
+    for k, v in hyperparameters.items():
+        inputs.hyperparameter(k, v)
+    return _build(name, _checked(name, hyperparameters), None)
+
+
+def _build(name: str, hyperparameters: Mapping[str, Any],
+           dtype: np.dtype | None) -> optax.GradientTransformation:
     spec = _spec(name)
-    values = {**spec.defaults, **_checked(name, hyperparameters)}
-    return optax.inject_hyperparams(spec.factory)(**values, **spec.fixed)
+    values = {**spec.defaults, **hyperparameters}
+    return optax.inject_hyperparams(spec.factory, hyperparam_dtype=dtype)(**values, **spec.fixed)
 
 
 def hyperparameters(name: str) -> dict[str, float]:
@@ -106,9 +115,14 @@ def hyperparameters(name: str) -> dict[str, float]:
 
 
 def prepare(
-    opt: str | optax.GradientTransformation, hyperparameters: Mapping[str, Any]
+    opt: str | optax.GradientTransformation, hyperparameters: Mapping[str, Any],
+    params: Any = None,
 ) -> tuple[optax.GradientTransformation, dict[str, Any]]:
     """Check ``hyperparameters`` and split them into a transformation and state values.
+
+    A named optimiser keeps its hyperparameters in the floating dtype of ``params`` (float32
+    parameters are updated in float32 arithmetic even where ``jax_enable_x64`` is on, as a
+    plain optax loop with Python-number hyperparameters does).
 
     For a name, the transformation is cached per name (and per schedule object), so repeated calls
     with new numeric values reuse one compiled program: the values travel in the optimiser state
@@ -122,13 +136,14 @@ def prepare(
       numeric hyperparameters to place in its state.
     """
     for k, v in hyperparameters.items():
+        inputs.hyperparameter(k, v)
         if v is not None and not callable(v) and np.ndim(v) != 0:
             raise ValueError(
                 f"{k} must be a scalar (one value for every coordinate), got an array of shape "
                 f"{np.shape(v)}: {k}={v!r}; to try several values, use jax.vmap or gdjax.sweep"
             )
     if isinstance(opt, str):
-        return _prepare_named(opt, hyperparameters)
+        return _prepare_named(opt, hyperparameters, _float_dtype(params))
     if not isinstance(opt, optax.GradientTransformation):
         raise TypeError(
             "optimizer must be a name or an optax.GradientTransformation, got "
@@ -217,8 +232,14 @@ def _check_range(k: str, v: float) -> None:
         raise ValueError(f"{k} must be in [0, 1), got {k}={v}")
 
 
+def _float_dtype(params: Any) -> np.dtype | None:
+    dtypes = {np.dtype(jnp.result_type(x)) for x in jax.tree.leaves(params)}
+    floats = sorted(d for d in dtypes if jnp.issubdtype(d, jnp.floating))
+    return floats[-1] if len(floats) == 1 else None
+
+
 def _prepare_named(
-    name: str, hyperparameters: Mapping[str, Any]
+    name: str, hyperparameters: Mapping[str, Any], dtype: np.dtype | None = None,
 ) -> tuple[optax.GradientTransformation, dict[str, Any]]:
     hyperparameters = _checked(name, hyperparameters)
     schedules = {k: v for k, v in hyperparameters.items() if callable(v)}
@@ -231,9 +252,10 @@ def _prepare_named(
         for k, v in hyperparameters.items()
         if k not in schedules and v is not None
     }
-    return _cached(name, tuple(sorted(schedules.items(), key=lambda kv: kv[0]))), numbers
+    return _cached(name, tuple(sorted(schedules.items(), key=lambda kv: kv[0])), dtype), numbers
 
 
 @functools.lru_cache(maxsize=256)
-def _cached(name: str, schedules: tuple[tuple[str, Callable], ...]) -> optax.GradientTransformation:
-    return optimizer(name, **dict(schedules))
+def _cached(name: str, schedules: tuple[tuple[str, Callable], ...],
+            dtype: np.dtype | None) -> optax.GradientTransformation:
+    return _build(name, dict(schedules), dtype)

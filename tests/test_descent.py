@@ -58,32 +58,46 @@ def test_gd_on_quadratic_matches_closed_form_every_step():
         np.testing.assert_allclose(res.history.params[:, 0], (1 - eta * a) ** k * x0, rtol=1e-12)
 
 
-def _float32_divergence_step(a, eta, x0, steps):
-    """Independent oracle: the seed-style loop in NumPy float32; first step with inf loss."""
-    x = np.float32(x0)
+def _divergence_step(a, eta, x0, steps, dtype, factor):
+    """Independent oracle: the seed-style loop in NumPy ``dtype``; the first step whose loss is
+    non-finite or passes ``f0 + factor * max(|f0|, 1)`` (``factor=None``: non-finite only)."""
+    cast = np.dtype(dtype).type
+    x = cast(x0)
+    loss = lambda x: cast(0.5) * cast(a) * x * x  # noqa: E731
+    f0 = loss(x)
+    ceiling = np.inf if factor is None else f0 + cast(factor) * max(abs(f0), 1)
     with np.errstate(over="ignore", invalid="ignore"):
         for k in range(1, steps + 1):
-            x = np.float32(x - np.float32(eta) * (np.float32(a) * x))
-            loss = np.float32(0.5) * np.float32(a) * x * x
-            if not np.isfinite(loss):
+            x = cast(x - cast(eta) * (cast(a) * x))
+            if not (np.isfinite(loss(x)) and loss(x) <= ceiling):
                 return k
     return None
 
 
-def test_gd_diverges_exactly_above_two_over_a():
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("factor", [engine.DIVERGENCE_FACTOR, None])
+def test_gd_diverges_exactly_above_two_over_a(dtype, factor):
+    # the 2/L boundary of a quadratic, reported on the right side within a few hundred steps
+    # by the default criterion (float64 overflows only after thousands) and by overflow alone
     a = 4.0
-    etas = [0.05, 0.2, 0.4, 0.45, 0.48, 0.52, 0.55, 0.7, 1.0, 2.0]  # boundary 2/a = 0.5
+    etas = [0.2, 0.45, 0.495, 0.499, 0.505, 0.52, 0.55, 0.7, 1.0, 2.0]  # boundary 2/a = 0.5
+    steps = 500 if factor else 3000
     f = lambda x: 0.5 * a * jnp.sum(x**2)
     for eta in etas:
-        res = minimize(f, jnp.array([1.0]), "sgd", learning_rate=eta, steps=3000, tol=1e-5)
+        expected = _divergence_step(a, eta, 1.0, steps, dtype, factor)
+        if factor is None and dtype == np.float64 and eta < 0.7:
+            continue  # float64 would not overflow within 3,000 steps
+        res = minimize(f, np.ones(1, dtype), "sgd", learning_rate=eta, steps=steps, tol=1e-5,
+                       divergence=factor)
         if eta > 2 / a:
             assert res.status == "diverged", eta
-            assert res.diverged_at == _float32_divergence_step(a, eta, 1.0, 3000), eta
+            assert res.diverged_at == expected, eta
             assert res.steps == res.diverged_at - 1
             assert np.isfinite(res.loss) and np.all(np.isfinite(res.params))
+            assert res.params.dtype == dtype
         else:
-            assert res.status == "converged", eta
-            assert res.diverged_at == -1
+            assert res.status != "diverged", eta
+            assert res.diverged_at == -1 and expected is None
 
 
 def _spectral_radius(matrices):

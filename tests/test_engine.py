@@ -57,39 +57,47 @@ def test_a_batch_equals_its_runs_alone_with_every_status(kw):
     names = {str(Status(int(s))) for s in batch.status}
     assert names == ({"converged", "max_steps", "diverged"} if "gtol" in kw
                      else {"max_steps", "diverged"})
-    # exactly the learning rates above 2 / A diverge (fast enough to overflow in 300 steps)
+    # exactly the learning rates above 2 / A diverge (fast enough to pass the ceiling in 300)
     np.testing.assert_array_equal(np.asarray(batch.status) == Status.DIVERGED, LRS > 2 / A)
 
 
-def _first_overflow(lr, x0=(1.0, -2.0), steps=700):
-    """Independent oracle: the loop in NumPy float32; the first step with a non-finite loss."""
+def _first_divergence(lr, factor, x0=(1.0, -2.0), steps=700):
+    """Independent oracle: the loop in NumPy float32; the first step whose loss is non-finite
+    or passes ``f0 + factor * max(|f0|, 1)`` (``factor=None``: non-finite only)."""
     x = np.float32(x0)
+    loss = lambda x: np.float32(0.5) * np.float32(A) * np.sum(x * x)  # noqa: E731
+    f0 = loss(x)
+    ceiling = np.inf if factor is None else f0 + np.float32(factor) * max(abs(f0), 1)
     with np.errstate(over="ignore", invalid="ignore"):
         for t in range(1, steps + 1):
             x_new = np.float32(x - np.float32(lr) * (np.float32(A) * x))
-            if not np.isfinite(np.float32(0.5) * np.float32(A) * np.sum(x_new * x_new)):
+            if not (np.isfinite(loss(x_new)) and loss(x_new) <= ceiling):
                 return t, x
             x = x_new
     return -1, x
 
 
-def test_plain_and_evaluated_steps_agree_with_each_other_and_with_the_oracle():
+@pytest.mark.parametrize("factor", [engine.DIVERGENCE_FACTOR, None])
+def test_plain_and_evaluated_steps_agree_with_each_other_and_with_the_oracle(factor):
     # Without a tolerance a batch's segments only update and are checked at their ends; a
     # divergence is replayed. Every step evaluated (record_every=1) must give the same runs,
     # and both the oracle's step of divergence and its last finite state. Plain steps are a
     # hand-written update (``x + u``) and evaluated ones hold stopped runs (``x + m * u``):
     # the compiler may fuse them differently, so states agree to rounding, stops exactly.
-    # |1 - 4 lr| per step: from 1.04 (no overflow within 1,000 steps) to 39
-    lrs = jnp.array([0.51, 0.52, 0.53, 0.55, 0.6, 0.7, 1.0, 10.0, 0.3], jnp.float32)
-    plain = jax.jit(jax.vmap(lambda lr: _sgd_run(lr, steps=1000, record_every=1000)))(lrs)
-    every = jax.jit(jax.vmap(lambda lr: _sgd_run(lr, steps=1000, record_every=1)))(lrs)
+    # |1 - 4 lr| per step: from 1.004 (no divergence within 1,000 steps) to 39; the loss
+    # passes the ceiling near step 290 at 0.504 and 580 at 0.502, overflows near 1,100 at 0.51
+    lrs = [0.501, 0.502, 0.504, 0.51, 0.52, 0.53, 0.55, 0.6, 0.7, 1.0, 10.0, 0.3]
+    lrs = jnp.array(lrs, jnp.float32)
+    run = lambda lr, k: _sgd_run(lr, steps=1000, record_every=k, divergence=factor)  # noqa: E731
+    plain = jax.jit(jax.vmap(lambda lr: run(lr, 1000)))(lrs)
+    every = jax.jit(jax.vmap(lambda lr: run(lr, 1)))(lrs)
     for name in ("status", "steps", "diverged_at"):
         np.testing.assert_array_equal(getattr(plain, name), getattr(every, name), err_msg=name)
     for name in ("params", "loss"):
         np.testing.assert_allclose(getattr(plain, name), getattr(every, name), rtol=1e-5,
                                    err_msg=name)
     for i, lr in enumerate(lrs):
-        t, x = _first_overflow(float(lr), steps=1000)
+        t, x = _first_divergence(float(lr), factor, steps=1000)
         assert int(plain.diverged_at[i]) == t, float(lr)
         if t > 0:  # spread over several segments of 256 steps, and frozen at the step before
             assert int(plain.steps[i]) == t - 1

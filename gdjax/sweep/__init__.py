@@ -43,6 +43,7 @@ import numpy as np
 import optax
 
 from gdjax import batching, descent, inputs, optimizers
+from gdjax.engine import DIVERGENCE_FACTOR
 from gdjax.results import SweepResult
 from gdjax.sweep import grid as grid_
 from gdjax.sweep import program, runner
@@ -83,6 +84,9 @@ def sweep(
     progress: bool | None = None,
     checkpoint: str | os.PathLike | None = None,
     compact: bool = True,
+    args: Any = (),
+    has_aux: bool = False,
+    divergence: float | None = DIVERGENCE_FACTOR,
     **hyperparameters: Any,
 ) -> SweepResult:
     """Run every config of a grid, each as :func:`gdjax.minimize` (or :func:`gdjax.fit`) would.
@@ -130,6 +134,13 @@ def sweep(
       compact: once three quarters of a chunk's configs have stopped, run the others on in a
         batch a power of two smaller (each size compiles once), so stopped configs stop
         costing. Results are the same either way.
+      args: extra arguments of ``f``, the same for every config: ``f(x, *args)`` (with data,
+        ``f(params, batch, *args)``), as in :func:`gdjax.minimize`.
+      has_aux: ``f`` returns ``(loss, aux)``; ``result.aux`` holds each config's ``aux`` at its
+        final parameters (with data: over the whole data set).
+      divergence: a config has diverged once its loss is non-finite or passes
+        ``f0 + divergence * max(|f0|, 1)`` (see :func:`gdjax.minimize`); ``None``: only a
+        non-finite loss.
       **hyperparameters: fixed hyperparameters of the optimiser for every config (a number, or an
         optax schedule for ``learning_rate``).
 
@@ -154,6 +165,8 @@ def sweep(
     epochs = inputs.positive_int("epochs", epochs)
     tol = inputs.optional_tolerance("tol", tol)
     ftol = inputs.optional_tolerance("ftol", ftol)
+    divergence = inputs.optional_tolerance("divergence", divergence)
+    has_aux = inputs.flag("has_aux", has_aux)
     if grad not in descent.GRAD_SOURCES:
         raise ValueError(f"grad must be one of {descent.GRAD_SOURCES}, got grad={grad!r}")
     if fit_style and grad != "autodiff":
@@ -162,26 +175,28 @@ def sweep(
         record_every = inputs.positive_int("record_every", record_every)
     if chunk_size is not None:
         chunk_size = inputs.positive_int("chunk_size", chunk_size)
-    memory_budget = inputs.positive_int("memory_budget", memory_budget)
+    memory_budget = inputs.memory_budget(memory_budget)
     if eval_fn is not None and not callable(eval_fn):
         raise TypeError(f"eval_fn must be callable or None, got eval_fn={eval_fn!r}")
     if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
         raise TypeError(f"seed must be an int, got seed={seed!r}")
+    inputs.injected("optimizer", optimizer, grid, x0)
 
     with inputs.precision(x0):
         # NumPy starts stay on the host: the program's dispatch moves them (an eager
         # conversion here cost ~0.1 ms a sweep)
         x0 = inputs.float_params("x0", x0, keep_numpy=True)
+        args = descent.extra_args(args)
         if fit_style:
             data = jax.tree.map(jnp.asarray, data)
             n = batching.sample_count(data)
-            loss_dtype = inputs.scalar_function(
-                "f", f, x0, jax.tree.map(lambda a: a[:1], data)
+            loss_dtype = descent.check_objective(
+                "f", f, has_aux, x0, jax.tree.map(lambda a: a[:1], data), *args
             ).dtype
         else:
             n = 0
-            loss_dtype = inputs.scalar_function("f", f, x0).dtype
-        tx, fixed_values = optimizers.prepare(optimizer, hyperparameters)
+            loss_dtype = descent.check_objective("f", f, has_aux, x0, *args).dtype
+        tx, fixed_values = optimizers.prepare(optimizer, hyperparameters, x0)
         # checks the fixed hyperparameters against the state, abstractly (no eager work)
         state = inputs.abstract(_init_state(tx), x0, fixed_values)
         fixed = {k: v for k, v in hyperparameters.items() if v is not None and not callable(v)}
@@ -202,6 +217,8 @@ def sweep(
             "hyper": {k: np.asarray(v, dtypes[k]) for k, v in fixed.items()},
             "tol": None if tol is None else np.asarray(tol, loss_dtype),
             "ftol": None if ftol is None else np.asarray(ftol, loss_dtype),
+            "divergence": None if divergence is None else np.asarray(divergence, loss_dtype),
+            "args": args,
             "data": data,
             "orders": None,
             "seed_index": np.int32(0),
@@ -233,7 +250,7 @@ def sweep(
             static = program.Static(
                 f=inputs.static(f), tx=tx, grad=grad, steps=group_steps, record_every=every,
                 record_params=bool(record_params), eval_fn=inputs.static(eval_fn), n=n,
-                batch_size=int(b), epochs=epochs, mesh=mesh,
+                batch_size=int(b), epochs=epochs, mesh=mesh, has_aux=has_aux,
             )
             groups.append((static, np.flatnonzero(batch_sizes == b) if len(sizes) > 1
                            else np.arange(count)))
@@ -243,7 +260,10 @@ def sweep(
             describe=runner.describe(f, optimizer, eval_fn),
             compact=inputs.flag("compact", compact),
         )
-    return SweepResult(grid=axes, **out._asdict())
+    fields = out._asdict()
+    if fields["aux"] is None:  # (SweepResult gains an aux field with has_aux sweeps)
+        del fields["aux"]
+    return SweepResult(grid=axes, **fields)
 
 
 

@@ -54,6 +54,7 @@ class Static(NamedTuple):
     batch_size: int
     epochs: int
     mesh: jax.sharding.Mesh
+    has_aux: bool = False
 
 
 def setup(one: PyTree, shared: PyTree, static: Static) -> tuple[engine.Loop, engine.Carry]:
@@ -69,10 +70,16 @@ def setup(one: PyTree, shared: PyTree, static: Static) -> tuple[engine.Loop, eng
             orders = shared["orders"][one.get("seed_index", shared["seed_index"])]
             per_epoch = static.n // static.batch_size
             indices = orders[:, : per_epoch * static.batch_size].reshape(-1, static.batch_size)
-        source, aux = batching.batch_source(f), (shared["data"], indices)
+        aux = (shared["data"], indices, shared["args"])
+        source = batching.batch_source(f, static.has_aux)
+        value = batching.batch_value(f, static.has_aux)
     else:
-        source, aux = descent.gradient_source(f, static.grad), None
-    problem = engine.problem(source, static.tx, x0, aux, shared["tol"], shared["ftol"])
+        aux = shared["args"]
+        source = descent.gradient_source(f, static.grad, static.has_aux)
+        loss = descent.value_of(f, static.has_aux)
+        value = lambda x, t, args: loss(x, *args)  # noqa: E731
+    problem = engine.problem(source, static.tx, x0, aux, shared["tol"], shared["ftol"],
+                             shared["divergence"], value)
     loop = engine.Loop(problem, static.steps, static.record_every, static.record_params,
                        static.eval_fn.value)
     return loop, engine.start(problem, x0, opt_state)
@@ -80,7 +87,8 @@ def setup(one: PyTree, shared: PyTree, static: Static) -> tuple[engine.Loop, eng
 
 def shape(shared: PyTree, static: Static) -> engine.Loop:
     """The loop's static shape (units, records per unit), without tracing the objective."""
-    problem = engine.Problem(None, static.tx, None, shared["tol"], shared["ftol"])
+    problem = engine.Problem(None, static.tx, None, shared["tol"], shared["ftol"],
+                             extra=engine.reads_loss(static.tx, shared["x0"]))
     return engine.Loop(problem, static.steps, static.record_every)
 
 
@@ -147,8 +155,14 @@ def _finish(varying, shared, carry, buffer, static, axes) -> engine.Result:
     def one(v, c, b):
         loop = setup(v, shared, static)[0]
         result = loop.finish(c, loop.trim(jax.tree.map(lambda r: r[None], b)))
+        f, args = static.f.value, shared["args"]
         if static.n:  # fit reports the loss over the whole data set
-            result = result._replace(loss=static.f.value(result.params, shared["data"]))
+            out = f(result.params, shared["data"], *args)
+            result = result._replace(loss=out[0] if static.has_aux else out)
+            if static.has_aux:
+                result = result._replace(aux=out[1])
+        elif static.has_aux:
+            result = result._replace(aux=f(result.params, *args)[1])
         return result
 
     return jax.vmap(one, in_axes=(0, axes, 0))(varying, carry, buffer)
