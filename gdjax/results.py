@@ -153,6 +153,8 @@ class SweepResult:
       history: the decimated :class:`gdjax.engine.History`, every field with a leading config axis
         (``history.step`` is ``(C, R)``: configs with different batch sizes record at different
         steps); ``None`` when read back from CSV.
+      aux: with ``has_aux=True``, each config's auxiliary output at its final parameters (a
+        pytree with a leading config axis); else ``None``. Not written to CSV or JSON.
     """
 
     grid: dict[str, Any]
@@ -164,6 +166,7 @@ class SweepResult:
     steps: np.ndarray
     diverged_at: np.ndarray
     history: History | None = None
+    aux: PyTree = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.status, StatusArray):
@@ -201,6 +204,7 @@ class SweepResult:
             grad_norm=self.grad_norm[i], status=self.status[i], steps=self.steps[i],
             diverged_at=self.diverged_at[i],
             history=None if self.history is None else take(self.history),
+            aux=None if self.aux is None else take(self.aux),
         )
 
     def counts(self) -> dict[str, int]:

@@ -260,10 +260,7 @@ def sweep(
             describe=runner.describe(f, optimizer, eval_fn),
             compact=inputs.flag("compact", compact),
         )
-    fields = out._asdict()
-    if fields["aux"] is None:  # (SweepResult gains an aux field with has_aux sweeps)
-        del fields["aux"]
-    return SweepResult(grid=axes, **fields)
+    return SweepResult(grid=axes, **out._asdict())
 
 
 
