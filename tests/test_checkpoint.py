@@ -78,6 +78,10 @@ def _objective(power):
     return namespace["objective"]
 
 
+def _keyed(key):
+    return lambda x: jnp.sum(x**2) + 0.0 * jax.random.normal(key)
+
+
 def _fit(**changes):
     (X, y), params = regression_problem.regression()
     kw = dict(f=linear_loss, x0=params, data=(X, y), batch_size=16, epochs=1,
@@ -101,6 +105,10 @@ CHANGES = {
         dict(f=_objective(2)), dict(f=_objective(4)), "objective"),
     "another lambda": (
         dict(f=lambda x: jnp.sum(x**2)), dict(f=lambda x: jnp.sum(x**2) + 1.0), "objective"),
+    "a random key in a closure": (
+        dict(f=_keyed(jax.random.key(0))), dict(f=_keyed(jax.random.key(1))), "objective"),
+    "another eval_fn": (dict(eval_fn=lambda p: {"max": jnp.max(p)}),
+                        dict(eval_fn=lambda p: {"max": jnp.min(p)}), "eval_fn"),
     "a fixed hyperparameter": (
         dict(optimizer="momentum", momentum=0.5), dict(optimizer="momentum", momentum=0.6),
         "hyper"),

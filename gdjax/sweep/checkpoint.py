@@ -165,6 +165,8 @@ class Checkpoint:
         try:
             with np.load(path) as z:
                 meta = json.loads(str(z["meta"]))
+                if not isinstance(meta, dict):
+                    raise ValueError("its metadata is not a JSON object")
                 leaves = [z[f"leaf{i}"] for i in range(len(z.files) - 1)] if arrays else None
         except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as e:
             self._damaged(path, f"{type(e).__name__}: {e}")
@@ -413,7 +415,10 @@ class _Hasher:
         self.h.update(self.done[key])
 
     def contents(self, obj: Any) -> None:
-        if isinstance(obj, np.ndarray | np.generic | jax.Array):
+        if isinstance(obj, jax.Array) and jax.dtypes.issubdtype(obj.dtype, jax.dtypes.prng_key):
+            self.text("key", str(obj.dtype))
+            self.child(" (its key data)", jax.random.key_data(obj))
+        elif isinstance(obj, np.ndarray | np.generic | jax.Array):
             a = np.ascontiguousarray(obj)
             self.text("array", a.dtype.str, a.shape)
             self.h.update(a.tobytes())
