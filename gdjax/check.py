@@ -202,6 +202,15 @@ def check_grads(
     Forward mode is skipped, with a note, for a function JAX cannot differentiate in forward mode
     (one using ``jax.custom_vjp``) when reverse mode is also asked for.
 
+    A function that cannot be traced (Python control flow on values, ``if x > 0:``, in ``f`` or
+    in its custom rule) is checked as ``jax.test_util.check_grads`` checks it: autodiff runs op
+    by op, where the branches see concrete values, and the finite differences call ``f`` once
+    per point on the host; the report says so. ``order=2`` is then refused.
+
+    **Dtype.** The check runs in the dtype of ``x``: float64 ``x`` (a NumPy array too) is
+    differentiated in float64 inside a local ``jax.enable_x64(True)``, whatever the global flag,
+    and ``report.ad_dtype`` says which dtype autodiff used (``report.fd_dtype`` the oracle's).
+
     Args:
       f: scalar function of ``x``.
       x: point; a pytree of floating-point arrays.
@@ -226,7 +235,10 @@ def check_grads(
       TypeError: ``f`` is not callable, ``x`` holds non-floating leaves, or an argument has the
         wrong type.
       ValueError: ``x`` is empty, ``f`` does not return a scalar, or an argument is out of range
-        (an unknown ``fd_method`` or mode, a non-positive ``step``, a negative ``rtol``...).
+        (an unknown ``fd_method`` or mode, a non-positive ``step``, a negative ``rtol``...), or
+        ``order=2`` for a function that cannot be traced.
+      TypeError: ``x`` is a tuple of ``f``'s arguments (the call of ``jax.test_util``): a tuple
+        is a valid point, so it is never unpacked; the message shows the right call.
 
     Example:
       >>> import jax.numpy as jnp
@@ -255,15 +267,86 @@ def check_grads(
 
 def _check_grads(f, x, *, order, **kwargs) -> GradCheckReport:
     x = inputs.float_params("x", x)
-    _scalar_function(f, x)
+    untraceable = None
+    try:
+        _scalar_function(f, x)
+    except _UNTRACEABLE as error:
+        untraceable = error
+        _scalar_value(f, x)
     config = _Config.validated(x, order=order, **kwargs)
-    problem = _Problem(finite_diff.static(f), x, config)
+    f = finite_diff.static(f)
+    if untraceable is None:
+        try:
+            return _checked(_Problem(f, x, config))
+        except _UNTRACEABLE as error:  # in a custom rule, which abstract evaluation skips
+            untraceable = error
+    if order == 2:
+        raise ValueError(
+            "order=2 differences jax.grad(f) at many points at once (vmap), which f's Python "
+            f"control flow on values rules out ({type(untraceable).__name__}); check with "
+            "order=1, or write the branch with jnp.where or jax.lax.cond, got order=2"
+        ) from untraceable
+    return _checked(_Problem(f, x, config, untraceable=untraceable))
+
+
+def _checked(problem: _Problem) -> GradCheckReport:
     if not np.isfinite(problem.f0):
         return problem.non_finite_value()
     candidates = problem.first_order()
-    if order == 2:
+    if problem.config.order == 2:
         candidates.append(problem.second_order())
     return problem.report(max(candidates, key=lambda c: c.key))
+
+
+_UNTRACEABLE = (
+    jax.errors.ConcretizationTypeError,
+    jax.errors.TracerArrayConversionError,
+    jax.errors.TracerIntegerConversionError,
+)
+"""What tracing a function with Python control flow on values (``if x > 0:``) raises."""
+
+
+def _scalar_value(f, x) -> None:
+    """The checks of :func:`gdjax.inputs.scalar_function`, on ``f(x)`` evaluated eagerly."""
+    out = f(x)
+    shape = getattr(out, "shape", None)
+    if shape != ():
+        raise ValueError(
+            f"f must return a scalar, got output of shape {shape} "
+            "(reduce it, e.g. with jnp.sum or jnp.mean)"
+        )
+    if not jnp.issubdtype(out.dtype, jnp.floating):
+        raise TypeError(f"f must return a floating-point scalar, got dtype {out.dtype}")
+
+
+class _Eager:
+    """``f`` called outside the trace, on concrete arrays, at each point a kernel needs.
+
+    For a function that cannot be traced (Python control flow on values): the jitted, vmapped
+    finite-difference kernels run unchanged, and each evaluation is a host callback.
+    """
+
+    __slots__ = ("f",)
+
+    def __init__(self, f):
+        self.f = f
+
+    def __hash__(self):
+        return hash((_Eager, self.f))
+
+    def __eq__(self, other):
+        return isinstance(other, _Eager) and other.f == self.f
+
+    def __call__(self, x):
+        dtype = jnp.result_type(*jax.tree.leaves(x))
+
+        def host(x):
+            wide = jax.enable_x64(True) if dtype in (np.float64, np.complex128) else None
+            with wide or contextlib.nullcontext():
+                return np.asarray(self.f(jax.tree.map(jnp.asarray, x)), dtype)
+
+        shape = jax.ShapeDtypeStruct((), dtype)
+        return jax.pure_callback(host, shape, x, vmap_method="sequential")
 
 
 def _scalar_function(f, x) -> None:
@@ -576,8 +659,18 @@ def _worst(comparison, entries, rtol, atol, *, n_checked, flat_index=None, direc
 
 
 class _Problem:
-    def __init__(self, f, x, config: _Config):
-        self.f, self.x, self.config = f, x, config
+    """``f`` at ``x``: its value, gradient and the comparisons with the oracle.
+
+    ``untraceable``: the error tracing ``f`` raised, if it did. Autodiff then runs op by op
+    (``jax.disable_jit``), where Python control flow sees concrete values, and the
+    finite-difference kernels evaluate ``f`` through :class:`_Eager`.
+    """
+
+    def __init__(self, f, x, config: _Config, untraceable: Exception | None = None):
+        self.x, self.config = x, config
+        self.f = f if untraceable is None else _Eager(f)  # for the oracle's kernels
+        self.ad_f = f  # for the autodiff kernels
+        self.autodiff = jax.disable_jit if untraceable else contextlib.nullcontext
         leaves_with_paths, _ = jax.tree_util.tree_flatten_with_path(x)
         self.paths = [jax.tree_util.keystr(path) for path, _ in leaves_with_paths]
         self.shapes = [leaf.shape for _, leaf in leaves_with_paths]
@@ -587,13 +680,21 @@ class _Problem:
         self.rechecked: list[tuple[int, float]] = []  # (entries redone, smooth, at scale)
         self.forward = "fwd" in config.modes  # cleared for a function without forward mode
         self.reverse = "rev" in config.modes
-        f0, grad = _value_and_grad(f, x)
-        self.f0 = float(f0)
-        self.grad = np.asarray(grad, np.float64)
-        self.grad_ref = self.grad
-        if config.measures_rounding:
-            with config.precision():
-                self.grad_ref = np.asarray(_gradient(f, x, dtype=config.fd_dtype), np.float64)
+        if untraceable is not None:
+            self.notes.append(
+                f"f cannot be traced ({type(untraceable).__name__}: Python control flow on "
+                "values, e.g. `if x > 0:`), so autodiff ran op by op and finite differences "
+                "called f once per point, eagerly (slower than the traced check)"
+            )
+        with self.autodiff():
+            f0, grad = _value_and_grad(f, x)
+            self.f0 = float(f0)
+            self.grad = np.asarray(grad, np.float64)
+            self.grad_ref = self.grad
+            if config.measures_rounding:
+                with config.precision():
+                    ref = _gradient(f, x, dtype=config.fd_dtype)
+                    self.grad_ref = np.asarray(ref, np.float64)
         self.atol = _default_atol(config, self.grad_ref)
         if config.fd_method != "richardson":
             self.notes.append(
@@ -713,12 +814,14 @@ class _Problem:
 
     def both(self, kernel: Callable, *args: Any) -> tuple[np.ndarray, np.ndarray]:
         """``kernel`` in the autodiff dtype and, if rounding is measured, in the oracle's."""
-        value = np.atleast_1d(np.asarray(kernel(self.f, self.x, *args, dtype=None), np.float64))
-        if not self.config.measures_rounding:
-            return value, value
-        with self.config.precision():
-            ref = kernel(self.f, self.x, *args, dtype=self.config.fd_dtype)
-        return value, np.atleast_1d(np.asarray(ref, np.float64))
+        with self.autodiff():
+            value = kernel(self.ad_f, self.x, *args, dtype=None)
+            value = np.atleast_1d(np.asarray(value, np.float64))
+            if not self.config.measures_rounding:
+                return value, value
+            with self.config.precision():
+                ref = kernel(self.ad_f, self.x, *args, dtype=self.config.fd_dtype)
+                return value, np.atleast_1d(np.asarray(ref, np.float64))
 
     def forward_mode(self, kernel: Callable, *args: Any) -> tuple[np.ndarray, np.ndarray] | None:
         """:meth:`both` of a forward-mode kernel; ``None`` if ``f`` has no forward mode.
