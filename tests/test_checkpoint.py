@@ -26,7 +26,6 @@ from gdjax.sweep.checkpoint import CheckpointError, CheckpointWarning
 runner = importlib.import_module("gdjax.sweep.runner")  # gdjax.sweep is the function
 
 
-
 def _closure(c):
     return lambda x: c * jnp.sum(x**2)
 
