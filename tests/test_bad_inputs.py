@@ -422,6 +422,13 @@ CRASHES = textwrap.dedent("""
     import contextlib, io, json, numpy as np, jax.numpy as jnp, gdjax
     from gdjax import cli
     x = jnp.ones(2)
+
+    class Slotted:
+        __slots__ = ()
+
+        def __call__(self, x):
+            return jnp.sum(x**2)
+
     cases = {
         "minimize np.sum": lambda: gdjax.minimize(np.sum, x, "sgd", steps=3),
         "minimize np.mean": lambda: gdjax.minimize(np.mean, x, "sgd", steps=3),
@@ -431,6 +438,10 @@ CRASHES = textwrap.dedent("""
         "check_grads np.sum": lambda: gdjax.check_grads(np.sum, x),
         "fit np.dot": lambda: gdjax.fit(np.dot, x, jnp.ones((4, 2))),
         "hessian np.sum": lambda: gdjax.hessian_top_eigenvalue(np.sum, x),
+        # a callable object without a weak reference (its class has __slots__), as np.sum has
+        # none: accepted
+        "minimize slotted": lambda: gdjax.minimize(Slotted(), x, "sgd", steps=3),
+        "numerical_gradient slotted": lambda: gdjax.numerical_gradient(Slotted(), x),
     }
     for name, call in cases.items():
         try:
@@ -451,10 +462,12 @@ def test_numpy_objective_is_a_clear_error_not_a_crash():
     proc = subprocess.run([sys.executable, "-c", CRASHES], capture_output=True, text=True,
                           timeout=120)
     results = [json.loads(line) for line in proc.stdout.splitlines()]
-    assert proc.returncode == 0 and len(results) == 9, (proc.returncode, proc.stderr[-2000:])
-    for name, kind, message in results[:-1]:
+    assert proc.returncode == 0 and len(results) == 11, (proc.returncode, proc.stderr[-2000:])
+    *numpy, slotted, slotted_fd, command = results
+    assert slotted[1:] == slotted_fd[1:] == [None, ""], (slotted, slotted_fd)
+    for name, kind, message in numpy:
         arg = "loss_fn" if name.startswith("fit") else "f"
         assert kind == "TypeError", (name, kind, message)
         assert f"{arg}=numpy." in message and "use jax.numpy" in message, (name, message)
-    name, code, err = results[-1]
+    name, code, err = command
     assert code == 2 and err.count("\n") == 1 and "f=numpy.sum" in err, (name, code, err)
