@@ -106,7 +106,13 @@ def _build(name: str, hyperparameters: Mapping[str, Any],
            dtype: np.dtype | None) -> optax.GradientTransformation:
     spec = _spec(name)
     values = {**spec.defaults, **hyperparameters}
-    return optax.inject_hyperparams(spec.factory, hyperparam_dtype=dtype)(**values, **spec.fixed)
+    tx = optax.inject_hyperparams(spec.factory, hyperparam_dtype=dtype)(**values, **spec.fixed)
+    _NAMED[tx] = name
+    return tx
+
+
+_NAMED: dict[optax.GradientTransformation, str] = {}
+"""The name of each transformation :func:`optimizer` built (to rebuild its state)."""
 
 
 def hyperparameters(name: str) -> dict[str, float]:
@@ -153,8 +159,20 @@ def prepare(
 
 
 def init_state(tx: optax.GradientTransformation, params: Any, numbers: Mapping[str, Any]) -> Any:
-    """``tx.init(params)`` with ``numbers`` set in its injected hyperparameters. Traceable."""
-    return set_hyperparameters(tx.init(params), numbers)
+    """``tx.init(params)`` with ``numbers`` set in its injected hyperparameters. Traceable.
+
+    A named optimiser's inner state is initialised with ``numbers`` too, for hyperparameters
+    read at initialisation (Adagrad's ``initial_accumulator_value``). A user's
+    ``inject_hyperparams`` transformation keeps the inner state its own ``init`` made: pass
+    such a hyperparameter when constructing it.
+    """
+    state = set_hyperparameters(tx.init(params), numbers)
+    name = _NAMED.get(tx) if numbers else None
+    if name is None:
+        return state
+    spec = _SPECS[name]
+    inner = spec.factory(**state.hyperparams, **spec.fixed).init(params)
+    return state._replace(inner_state=inner)
 
 
 def injectable_names(opt: str | optax.GradientTransformation, params: Any) -> tuple[str, ...]:
