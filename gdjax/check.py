@@ -320,7 +320,14 @@ def _check_grads(f, x, *, order, **kwargs) -> GradCheckReport:
             f"control flow on values rules out ({type(untraceable).__name__}); check with "
             "order=1, or write the branch with jnp.where or jax.lax.cond, got order=2"
         ) from untraceable
-    return _checked(_Problem(f, x, config, untraceable=untraceable))
+    try:
+        return _checked(_Problem(f, x, config, untraceable=untraceable))
+    except _UNTRACEABLE as error:
+        raise TypeError(
+            "f cannot be differentiated by JAX, even op by op: it turns a traced value into a "
+            f"NumPy array or a Python number ({type(error).__name__}; np.asarray, float(x), "
+            f".item()); write f with jax.numpy, got f={f!r}"
+        ) from error
 
 
 def _checked(problem: _Problem) -> GradCheckReport:

@@ -4,6 +4,7 @@
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import pytest
 
 from gdjax.check import check_grads
@@ -56,3 +57,11 @@ def test_control_flow_in_a_plain_function_of_an_array():
     assert report.ok and report.autodiff == pytest.approx(27.0)  # 3 x**2 at index 2
     with pytest.raises(ValueError, match="order=2 differences jax.grad.*got order=2"):
         check_grads(f, jnp.array([1.0, 2.0]), order=2)
+
+
+def test_a_function_through_numpy_is_a_clear_error():
+    def through_numpy(x):
+        return jnp.sum(jnp.asarray(np.cos(np.asarray(x))))
+
+    with pytest.raises(TypeError, match="f cannot be differentiated by JAX, even op by op"):
+        check_grads(through_numpy, jnp.ones(3))
