@@ -68,7 +68,11 @@ def check_objective(name: str, f: Callable, has_aux: Any, *args: Any) -> Any:
     the loss's shape and dtype."""
     has_aux = inputs.flag("has_aux", has_aux)
     if has_aux and callable(f):
-        out = inputs.abstract(f, *args)
+        try:
+            out = inputs.abstract(f, *args)
+        except TypeError as e:
+            inputs.check_arguments(name, f, args, e)
+            raise
         if not (isinstance(out, tuple | list) and len(out) == 2):
             kind = type(out).__name__
             raise TypeError(

@@ -209,7 +209,7 @@ def scalar_function(name: str, f: Callable, *args: Any) -> jax.ShapeDtypeStruct:
     try:
         out = abstract(f, *args)
     except TypeError as e:
-        _check_arguments(name, f, args, e)
+        check_arguments(name, f, args, e)
         raise
     if not isinstance(out, jax.ShapeDtypeStruct):
         raise TypeError(f"{name} must return a scalar array (e.g. jnp.sum(x**2)), got "
@@ -224,7 +224,7 @@ def scalar_function(name: str, f: Callable, *args: Any) -> jax.ShapeDtypeStruct:
     return out
 
 
-def _check_arguments(name: str, f: Callable, args: tuple, error: TypeError) -> None:
+def check_arguments(name: str, f: Callable, args: tuple, error: TypeError) -> None:
     """A clear ``TypeError`` when ``f`` cannot be called with ``len(args)`` positional arguments
     (checked only after tracing failed, so a good call pays nothing)."""
     try:
