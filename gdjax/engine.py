@@ -141,7 +141,7 @@ DIVERGENCE_FACTOR = 1e4
 """The default divergence criterion: a run has diverged once its loss is non-finite or passes
 ``f0 + DIVERGENCE_FACTOR * max(|f0|, 1)``, ``f0`` its loss at the start. On a quadratic of
 curvature ``L``, gradient descent at ``lr * L = 2.02`` passes it within 240 steps (``2.1``: 50),
-long before float64 would overflow (near step 17,000 and 3,400)."""
+long before float64 would overflow (near steps 18,000 and 3,700)."""
 
 SEGMENT_STEPS = 64
 """Steps per segment when every step is evaluated: the unit of skipping a stopped batch."""
