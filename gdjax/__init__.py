@@ -26,11 +26,14 @@ from gdjax.sharpness import (
     interpolate,
 )
 from gdjax.sweep import LogUniform, Uniform, starts_grid, sweep
+from gdjax.sweep.checkpoint import CheckpointError, CheckpointWarning
 
 __version__ = "0.1.0"
 
 __all__ = [
     "OPTIMIZERS",
+    "CheckpointError",
+    "CheckpointWarning",
     "GradCheckReport",
     "History",
     "LogUniform",

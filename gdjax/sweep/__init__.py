@@ -128,9 +128,13 @@ def sweep(
         outputs (history included) plus the loop's working set (copies of parameters and
         optimiser state; batch indices and batches for ``fit``-style sweeps).
       progress: show a progress bar over chunks; by default only when there are several chunks.
-      checkpoint: a directory: each finished chunk is saved there (``.npz``) beside a JSON manifest
-        holding a fingerprint of the sweep; the same call with the same directory skips finished
-        chunks. With several processes it must be a directory they share.
+      checkpoint: a directory: each finished chunk is saved there (``.npz`` carrying the sweep's
+        fingerprint, its config range and a sha256) beside ``manifest.json``; the same call with
+        the same directory skips finished chunks. Another sweep's files there raise
+        :class:`gdjax.CheckpointError` (a ``ValueError`` naming what differs); a damaged file is
+        deleted and recomputed with a :class:`gdjax.CheckpointWarning`; an objective holding a
+        value that cannot be fingerprinted raises ``TypeError``. See
+        :mod:`gdjax.sweep.checkpoint`. With several processes it must be a directory they share.
       compact: once three quarters of a chunk's configs have stopped, run the others on in a
         batch a power of two smaller (each size compiles once), so stopped configs stop
         costing. Results are the same either way.
@@ -148,8 +152,9 @@ def sweep(
       A :class:`gdjax.results.SweepResult`, configs in grid order.
 
     Raises:
-      ValueError, TypeError: a bad argument or grid axis (named, with the offending value), or a
-        checkpoint directory that holds a different sweep.
+      ValueError, TypeError: a bad argument or grid axis (named, with the offending value), a
+        checkpoint directory that holds a different sweep (:class:`gdjax.CheckpointError`), or
+        an objective a checkpoint cannot fingerprint (``TypeError``).
 
     Example:
       >>> import numpy as np, gdjax
