@@ -39,11 +39,12 @@ def with_custom_vjp(right):
 
 @pytest.mark.parametrize("rule", [with_custom_jvp, with_custom_vjp])
 def test_jax_python_control_flow_cases_are_judged_right(rule):
+    right, wrong = rule(right=True), rule(right=False)
     for x in (2.0, -2.0):
-        report = check_grads(rule(right=True), x)
+        report = check_grads(right, x)
         assert report.ok, str(report)
         assert "f cannot be traced (TracerBoolConversionError" in str(report)
-        report = check_grads(rule(right=False), x)
+        report = check_grads(wrong, x)
         assert report.kind == "wrong gradient", str(report)
         assert report.autodiff == (2.0 if x > 0 else 3.0)
 
@@ -52,9 +53,8 @@ def test_control_flow_in_a_plain_function_of_an_array():
     def f(x):
         return jnp.sum(x**2) if x[0] > 0 else jnp.sum(x**3)
 
-    assert check_grads(f, jnp.array([1.0, 2.0, 3.0]))
-    report = check_grads(f, jnp.array([-1.0, 2.0, 3.0]), modes=("fwd",))
-    assert report.ok and report.autodiff == pytest.approx(27.0)  # 3 x**2 at index 2
+    report = check_grads(f, jnp.array([-1.0, 2.0, 3.0]), modes=("rev",))
+    assert report.ok and "f cannot be traced" in str(report)
     with pytest.raises(ValueError, match="order=2 differences jax.grad.*got order=2"):
         check_grads(f, jnp.array([1.0, 2.0]), order=2)
 

@@ -11,8 +11,11 @@ from test_check import custom_sin_times_x
 from gdjax.check import check_grads
 
 CASES = {
-    "full": (jnp.linspace(-2.0, 3.0, 40), {}),
-    "directions": (jnp.linspace(-2.0, 3.0, 600), dict(full_threshold=0, n_directions=8)),
+    "full": (jnp.linspace(-2.0, 3.0, 40), dict(modes=("rev",))),
+    "directions": (
+        jnp.linspace(-2.0, 3.0, 600),
+        dict(modes=("rev",), full_threshold=0, n_directions=8),
+    ),
 }
 
 
@@ -46,5 +49,5 @@ def test_the_issues_shrunk_float32_case_is_caught_in_directions_mode():
         return jnp.dot(w, x) + 0.1 * jnp.sum(x**2)
 
     f.defvjp(lambda x: (f(x), x), lambda x, g: (g * (w + 0.2 * x).at[0].multiply(1.001),))
-    report = check_grads(f, jnp.array([0.0, 0.0, 1.0]), full_threshold=0)
+    report = check_grads(f, jnp.array([0.0, 0.0, 1.0]), modes=("rev",), full_threshold=0)
     assert (report.mode, report.kind, report.index) == ("directions", "wrong gradient", (0,))
