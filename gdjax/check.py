@@ -178,9 +178,11 @@ class GradCheckReport:
 
 
 def check_grads(
-    f: Callable[[PyTree], jax.Array],
+    f: Callable[..., Any],
     x: PyTree,
     *,
+    args: Any = (),
+    has_aux: bool = False,
     order: int = 1,
     modes: tuple[str, ...] = MODES,
     fd_method: str = "richardson",
@@ -245,8 +247,14 @@ def check_grads(
     and ``report.ad_dtype`` says which dtype autodiff used (``report.fd_dtype`` the oracle's).
 
     Args:
-      f: scalar function of ``x``.
+      f: scalar function ``f(x, *args)``; with ``has_aux``, a function returning a pair
+        ``(value, aux)`` (``jax.grad``'s convention) whose value is checked.
       x: point; a pytree of floating-point arrays.
+      args: extra arguments of ``f``, not differentiated (a batch of data, say): a tuple of
+        pytrees of arrays (a non-tuple is one argument). They are traced, so checking again
+        with new values reuses the compilation. Floating ones follow ``x`` into the oracle's
+        dtype.
+      has_aux: whether ``f`` returns ``(value, aux)``; ``aux`` is ignored.
       order: 1 (gradients) or 2 (also Hessian-vector products).
       modes: autodiff modes to check, a non-empty subset of ``("rev", "fwd")``.
       fd_method: finite-difference method (:data:`gdjax.finite_diff.METHODS`); ``"richardson"``
@@ -285,6 +293,8 @@ def check_grads(
         return _check_grads(
             f,
             x,
+            args=args,
+            has_aux=has_aux,
             order=order,
             modes=modes,
             fd_method=fd_method,
@@ -299,8 +309,13 @@ def check_grads(
         )
 
 
-def _check_grads(f, x, *, order, **kwargs) -> GradCheckReport:
+def _check_grads(f, x, *, args, has_aux, order, **kwargs) -> GradCheckReport:
     x = inputs.float_params("x", x)
+    has_aux = inputs.flag("has_aux", has_aux)
+    args = _extra_args(args)
+    if not callable(f):
+        raise TypeError(f"f must be callable, got f={f!r}")
+    f = _Bound(finite_diff.static(f), has_aux, args)
     untraceable = None
     try:
         _scalar_function(f, x)
@@ -308,7 +323,6 @@ def _check_grads(f, x, *, order, **kwargs) -> GradCheckReport:
         untraceable = error
         _scalar_value(f, x)
     config = _Config.validated(x, order=order, **kwargs)
-    f = finite_diff.static(f)
     if untraceable is None:
         try:
             return _checked(_Problem(f, x, config))
@@ -326,7 +340,7 @@ def _check_grads(f, x, *, order, **kwargs) -> GradCheckReport:
         raise TypeError(
             "f cannot be differentiated by JAX, even op by op: it turns a traced value into a "
             f"NumPy array or a Python number ({type(error).__name__}; np.asarray, float(x), "
-            f".item()); write f with jax.numpy, got f={f!r}"
+            f".item()); write f with jax.numpy, got f={f.f!r}"
         ) from error
 
 
@@ -347,8 +361,9 @@ _UNTRACEABLE = (
 """What tracing a function with Python control flow on values (``if x > 0:``) raises."""
 
 
-def _scalar_value(f, x) -> None:
+def _scalar_value(f: _Bound, x) -> None:
     """The checks of :func:`gdjax.inputs.scalar_function`, on ``f(x)`` evaluated eagerly."""
+    _aux_pair(f, f.f(x, *f.args))
     out = f(x)
     shape = getattr(out, "shape", None)
     if shape != ():
@@ -360,46 +375,91 @@ def _scalar_value(f, x) -> None:
         raise TypeError(f"f must return a floating-point scalar, got dtype {out.dtype}")
 
 
-class _Eager:
-    """``f`` called outside the trace, on concrete arrays, at each point a kernel needs.
+@jax.tree_util.register_pytree_node_class
+class _Bound:
+    """``f(x, *args)``, or its value alone with ``has_aux``, as a function of ``x``.
 
-    For a function that cannot be traced (Python control flow on values): the jitted, vmapped
-    finite-difference kernels run unchanged, and each evaluation is a host callback.
+    A pytree whose leaves are ``args`` (traced, so new values reuse the compilation) and whose
+    static part is ``f``. With ``eager``, ``f`` is called outside the trace, on concrete arrays,
+    at each point a kernel needs (a host callback): for a function that cannot be traced
+    (Python control flow on values), under the same jitted, vmapped kernels.
     """
 
-    __slots__ = ("f",)
+    def __init__(self, f, has_aux: bool, args: tuple, eager: bool = False):
+        self.f, self.has_aux, self.args, self.eager = f, has_aux, args, eager
 
-    def __init__(self, f):
-        self.f = f
+    def tree_flatten(self):
+        return (self.args,), (self.f, self.has_aux, self.eager)
 
-    def __hash__(self):
-        return hash((_Eager, self.f))
+    @classmethod
+    def tree_unflatten(cls, static, children):
+        f, has_aux, eager = static
+        return cls(f, has_aux, children[0], eager)
 
-    def __eq__(self, other):
-        return isinstance(other, _Eager) and other.f == self.f
+    def value(self, x, args):
+        out = self.f(x, *args)
+        return out[0] if self.has_aux else out
 
     def __call__(self, x):
+        if not self.eager:
+            return self.value(x, self.args)
         dtype = jnp.result_type(*jax.tree.leaves(x))
 
-        def host(x):
+        def host(x, args):
             wide = jax.enable_x64(True) if dtype in (np.float64, np.complex128) else None
             with wide or contextlib.nullcontext():
-                return np.asarray(self.f(jax.tree.map(jnp.asarray, x)), dtype)
+                x, args = jax.tree.map(jnp.asarray, (x, args))
+                return np.asarray(self.value(x, args), dtype)
 
         shape = jax.ShapeDtypeStruct((), dtype)
-        return jax.pure_callback(host, shape, x, vmap_method="sequential")
+        return jax.pure_callback(host, shape, x, self.args, vmap_method="sequential")
+
+    def eagerly(self) -> _Bound:
+        return _Bound(self.f, self.has_aux, self.args, eager=True)
+
+    def cast(self, dtype) -> _Bound:
+        """The floating-point ``args`` cast to ``dtype`` (``None``: as they are)."""
+        if dtype is None:
+            return self
+
+        def cast(a):
+            return a.astype(dtype) if jnp.issubdtype(a.dtype, jnp.floating) else a
+
+        return _Bound(self.f, self.has_aux, jax.tree.map(cast, self.args), self.eager)
 
 
-def _scalar_function(f, x) -> None:
-    """:func:`gdjax.inputs.scalar_function`, and a pointer to the right call for the jax-style
-    ``check_grads(f, (x,))``: a tuple is a valid point, so it is never unpacked on a guess."""
+def _extra_args(args) -> tuple:
+    """``args`` as a tuple of arrays (a non-tuple is one argument)."""
+    if args is None:
+        return ()
+    if not isinstance(args, tuple):
+        args = (args,)
+    for path, leaf in jax.tree_util.tree_flatten_with_path(args)[0]:
+        if not isinstance(leaf, (jax.Array, np.ndarray, np.generic, numbers.Number)):
+            raise TypeError(
+                "args must hold arrays or numbers (they are traced like x), got leaf "
+                f"args{jax.tree_util.keystr(path)}={leaf!r}"
+            )
+    return jax.tree.map(jnp.asarray, args)
+
+
+def _scalar_function(f: _Bound, x) -> None:
+    """:func:`gdjax.inputs.scalar_function` of ``f(x, *args)`` (its value, with ``has_aux``),
+    and a pointer to the right call for the jax-style ``check_grads(f, (x,))``: a tuple is a
+    valid point, so it is never unpacked on a guess."""
     try:
-        inputs.scalar_function("f", f, x)
+        if f.has_aux:
+            _aux_pair(f, inputs.abstract(f.f, x, *f.args))
+            inputs.scalar_function("f", f, x)
+        else:
+            inputs.scalar_function("f", f.f, x, *f.args)
+    except _UNTRACEABLE:
+        raise
     except Exception as error:
-        if not isinstance(x, tuple) or not callable(f):
+        if not isinstance(x, tuple) or f.args or f.has_aux:
             raise
         try:
-            inputs.scalar_function("f", f, *x)
+            inputs.scalar_function("f", f.f, *x)
         except Exception:
             raise error from None
         raise TypeError(
@@ -411,15 +471,24 @@ def _scalar_function(f, x) -> None:
         ) from error
 
 
-def assert_grads_close(f: Callable[[PyTree], jax.Array], x: PyTree, **kwargs: Any) -> None:
+def _aux_pair(f: _Bound, out) -> None:
+    if f.has_aux and not (isinstance(out, (tuple, list)) and len(out) == 2):
+        if isinstance(out, (tuple, list)):
+            kind = f"a {type(out).__name__} of length {len(out)}"
+        else:
+            kind = f"an array of shape {getattr(out, 'shape', None)}"
+        raise ValueError(f"with has_aux=True, f must return a pair (value, aux), got {kind}")
+
+
+def assert_grads_close(f: Callable[..., Any], x: PyTree, **kwargs: Any) -> None:
     """Raise ``AssertionError`` with the report's text unless :func:`check_grads` passes.
 
     One line in a test verifies a hand-written derivative, e.g. a ``jax.custom_vjp``.
 
     Args:
-      f: scalar function of ``x``.
-      x: point; a pytree of floating-point arrays.
-      **kwargs: keyword arguments of :func:`check_grads`.
+      f: scalar function ``f(x, *args)``, as in :func:`check_grads`.
+      x: point; a pytree of floating-point arrays (float64 ones are checked in float64).
+      **kwargs: keyword arguments of :func:`check_grads` (``args``, ``has_aux``, ...).
 
     Raises:
       AssertionError: the check failed; the message is ``str(report)``.
@@ -704,12 +773,12 @@ class _Problem:
 
     ``untraceable``: the error tracing ``f`` raised, if it did. Autodiff then runs op by op
     (``jax.disable_jit``), where Python control flow sees concrete values, and the
-    finite-difference kernels evaluate ``f`` through :class:`_Eager`.
+    finite-difference kernels evaluate ``f`` through a host callback (:class:`_Bound`).
     """
 
     def __init__(self, f, x, config: _Config, untraceable: Exception | None = None):
         self.x, self.config = x, config
-        self.f = f if untraceable is None else _Eager(f)  # for the oracle's kernels
+        self.f = f if untraceable is None else f.eagerly()  # for the oracle's kernels
         self.ad_f = f  # for the autodiff kernels
         self.autodiff = jax.disable_jit if untraceable else contextlib.nullcontext
         leaves_with_paths, _ = jax.tree_util.tree_flatten_with_path(x)
@@ -1246,37 +1315,38 @@ def _oracle(method, values, f0, delta) -> dict[str, np.ndarray]:
     }
 
 
-# --- jitted kernels: f is static, so checking one function again reuses the compilation -----
-# ``dtype`` (static) casts x first; None keeps x's own dtypes. The finite-difference kernels
+# --- jitted kernels: f is a _Bound, whose function is static and whose args are traced, so
+# checking one function again reuses the compilation. ``dtype`` (static) casts x and the
+# floating args first; None keeps their own dtypes. The finite-difference kernels
 # return the raw stencil values: combining them on the host keeps the compiled programs small.
 
 
-@functools.partial(jax.jit, static_argnames="f")
+@jax.jit
 def _value_and_grad(f, x):
     value, grad = jax.value_and_grad(f)(x)
     return value, _flat(grad)
 
 
-@functools.partial(jax.jit, static_argnames=("f", "dtype"))
+@functools.partial(jax.jit, static_argnames="dtype")
 def _gradient(f, x, *, dtype):
-    return _flat(jax.grad(f)(optax.tree.cast(x, dtype)))
+    return _flat(jax.grad(f.cast(dtype))(optax.tree.cast(x, dtype)))
 
 
-@functools.partial(jax.jit, static_argnames=("f", "dtype"))
+@functools.partial(jax.jit, static_argnames="dtype")
 def _forward_gradient(f, x, *, dtype):
-    return _flat(jax.jacfwd(f)(optax.tree.cast(x, dtype)))
+    return _flat(jax.jacfwd(f.cast(dtype))(optax.tree.cast(x, dtype)))
 
 
-@functools.partial(jax.jit, static_argnames=("f", "dtype"))
+@functools.partial(jax.jit, static_argnames="dtype")
 def _jvp_along(f, x, v, lo, hi, unit, *, dtype):
-    x = optax.tree.cast(x, dtype)
+    f, x = f.cast(dtype), optax.tree.cast(x, dtype)
     return jax.jvp(f, (x,), (optax.tree.cast(_block_direction(v, lo, hi, unit), dtype),))[1]
 
 
-@functools.partial(jax.jit, static_argnames=("f", "dtype"))
+@functools.partial(jax.jit, static_argnames="dtype")
 def _hvps(f, x, v, *, dtype):
     """Hessian-vector products, reverse over reverse mode (fine for custom_vjp and custom_jvp)."""
-    x, v = optax.tree.cast(x, dtype), optax.tree.cast(v, dtype)
+    f, x, v = f.cast(dtype), optax.tree.cast(x, dtype), optax.tree.cast(v, dtype)
 
     def hvp(v):
         return _flat(jax.grad(lambda y: optax.tree.vdot(jax.grad(f)(y), v))(x))
@@ -1284,14 +1354,14 @@ def _hvps(f, x, v, *, dtype):
     return jax.vmap(hvp)(v)
 
 
-@functools.partial(jax.jit, static_argnames=("f", "method", "chunk_size", "dtype"))
+@functools.partial(jax.jit, static_argnames=("method", "chunk_size", "dtype"))
 def _fd_coordinates(f, x, step, scale, *, method, chunk_size, dtype):
     """Stencil values along every coordinate, ``f(x)`` and the displacements.
 
     ``scale`` multiplies the step (a traced scalar: the kink and edge test's finer steps reuse
     the compilation).
     """
-    x = optax.tree.cast(x, dtype)
+    f, x = f.cast(dtype), optax.tree.cast(x, dtype)
     leaves = jax.tree.leaves(x)
     h = finite_diff.flat_step(leaves, _step_power(method), step) * scale
     offsets = finite_diff.stencil(method, with_error=True)
@@ -1299,10 +1369,10 @@ def _fd_coordinates(f, x, step, scale, *, method, chunk_size, dtype):
     return values, f(x), finite_diff.displacements(leaves, h, offsets, rounded=step is None)
 
 
-@functools.partial(jax.jit, static_argnames=("f", "method", "dtype"))
+@functools.partial(jax.jit, static_argnames=("method", "dtype"))
 def _fd_along(f, x, v, lo, hi, unit, step, scale, *, method, dtype):
     """Stencil values along ``v`` restricted to [lo, hi), ``f(x)`` and the displacements."""
-    x = optax.tree.cast(x, dtype)
+    f, x = f.cast(dtype), optax.tree.cast(x, dtype)
     w = optax.tree.cast(_block_direction(v, lo, hi, unit), dtype)
     offsets = finite_diff.stencil(method, with_error=True)
     t = scale * finite_diff.direction_step(
@@ -1312,10 +1382,10 @@ def _fd_along(f, x, v, lo, hi, unit, step, scale, *, method, dtype):
     return values, f(x), finite_diff.nominal_displacements(offsets, t)
 
 
-@functools.partial(jax.jit, static_argnames=("f", "method", "dtype"))
+@functools.partial(jax.jit, static_argnames=("method", "dtype"))
 def _fd_gradient_along(f, x, v, step, *, method, dtype):
     """Stencil values of ``jax.grad(f)`` along each direction, the gradient, displacements."""
-    x, v = optax.tree.cast(x, dtype), optax.tree.cast(v, dtype)
+    f, x, v = f.cast(dtype), optax.tree.cast(x, dtype), optax.tree.cast(v, dtype)
     offsets = finite_diff.stencil(method, with_error=True)
     grad = jax.grad(f)
 
