@@ -84,3 +84,16 @@ def test_a_1e_4_error_with_float64_numpy_input_fails_with_x64_off():
     with pytest.raises(AssertionError, match=r"WRONG GRADIENT[\s\S]*index \(2,\)"):
         check.assert_grads_close(f, x)
     assert check.check_grads(sin_times_x_wrong_at_2(0.0), x)  # bool(report) is report.ok
+
+
+@pytest.mark.parametrize("kind", INPUTS)
+def test_assert_grads_close_judges_in_the_input_dtype(kind):
+    """A 1e-4 error is under float32's detection floor (about 3.5e-4) and far above float64's."""
+    make, context, dtype = INPUTS[kind]
+    f = sin_times_x_wrong_at_2(1e-4)
+    with context():
+        if dtype == "float32":
+            check.assert_grads_close(f, make(), modes=("rev",))
+        else:
+            with pytest.raises(AssertionError, match=r"index \(2,\)[\s\S]*\(float64\)"):
+                check.assert_grads_close(f, make(), modes=("rev",))
