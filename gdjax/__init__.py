@@ -17,6 +17,7 @@ from gdjax.descent import gradient_descent, minimize
 from gdjax.engine import History, Result, Status
 from gdjax.finite_diff import directional_derivative, numerical_gradient
 from gdjax.optimizers import OPTIMIZERS, hyperparameters, optimizer
+from gdjax.race import Race, race
 from gdjax.results import StatusArray, SweepResult, load
 from gdjax.sharpness import (
     epsilon_sharpness,
@@ -32,6 +33,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "OPTIMIZERS",
+    "Race",
     "CheckpointError",
     "CheckpointWarning",
     "GradCheckReport",
@@ -60,6 +62,7 @@ __all__ = [
     "minimize",
     "numerical_gradient",
     "optimizer",
+    "race",
     "starts_grid",
     "sweep",
 ]

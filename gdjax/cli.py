@@ -1,12 +1,24 @@
 """The ``gdjax`` command: ``demo``, ``sweep``, ``check`` and ``race``.
 
-Exit status: 0 on success; 1 when ``gdjax check`` finds a wrong gradient (or ``gdjax demo`` fails
-to reproduce the seed or a gradient check); 2 for bad usage (an unknown option, a bad value, a
-module that cannot be imported), always with one line on stderr that names the argument and its
-value. Progress goes to stderr and results to stdout; ``--json``
-prints one JSON document on stdout for scripts.
+Exit status:
 
-matplotlib is imported only to draw (``--no-plots`` runs without it).
+* 0 on success;
+* 1 when ``gdjax check`` finds a wrong gradient (or ``gdjax demo`` fails to reproduce the seed or
+  a gradient check);
+* 2 for bad usage (an unknown option, a bad value, a module that cannot be imported, a file that
+  cannot be read or written): one line on stderr that names the argument and its value;
+* 3 for an internal error (a bug in gdjax): one line on stderr, the traceback only with
+  ``--debug``;
+* 141 (128 + SIGPIPE, as other Unix tools) when the reader of stdout went away
+  (``gdjax check ... --json | head``), quietly.
+
+Usage errors are told from internal errors at the call boundary: the command line's values are
+checked here (argparse types and :class:`UsageError`), and a ``ValueError``/``TypeError`` that a
+library function documents for a bad argument counts as usage only when it comes out of that
+call (``_library_arguments``); any other exception is an internal error.
+
+Progress goes to stderr and results to stdout; ``--json`` prints one JSON document on stdout for
+scripts. matplotlib is imported only to draw (``--no-plots`` runs without it).
 """
 
 from __future__ import annotations
@@ -19,12 +31,14 @@ import importlib
 import json
 import math
 import os
+import re
 import sys
 import textwrap
 import time
+import traceback
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, NamedTuple, NoReturn
+from typing import Any, NoReturn
 
 import numpy as np
 from rich.console import Console
@@ -35,10 +49,9 @@ from gdjax import __version__, functions, inputs, plot
 from gdjax.check import check_grads
 from gdjax.descent import gradient_descent
 from gdjax.optimizers import OPTIMIZERS
+from gdjax.race import AUTO_LEARNING_RATES, RACE_OPTIMIZERS, Race, race
+from gdjax.results import format_value
 from gdjax.sweep import sweep
-
-OPTIMIZER_RACE = ("sgd", "momentum", "nesterov", "adagrad", "rmsprop", "adam")
-"""The optimisers the seed names, raced by ``gdjax demo`` and ``gdjax race``."""
 
 SEED_RESULT = (-6.11110793e-10, 8.14814391e-10)
 """The seed's printed ``gradient_descent(function_2, [-3, 4], lr=0.1, step_num=100)``."""
@@ -147,6 +160,22 @@ def box(text: str) -> tuple[float, float]:
     return lo, hi
 
 
+def out_folder(text: str) -> Path:
+    """A folder to write into: missing (it will be made) or a folder, not a file."""
+    path = Path(text)
+    if path.exists() and not path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text!r} is a file, not a folder: name a folder")
+    return path
+
+
+def _make_folder(path: Path) -> Path:
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UsageError(f"cannot make the --out folder {str(path)!r}: {_one_line(e)}") from None
+    return path
+
+
 def load_function(target: str) -> Callable:
     """The function named by ``module:function`` (or ``module:object.attribute``).
 
@@ -223,6 +252,10 @@ class Reporter:
             yield lambda: progress.advance(task)
             progress.update(task, completed=total or 1)
 
+    def note(self, text: str) -> None:
+        """A remark on stderr (also with ``--json``, whose stdout stays one document)."""
+        self.err.print(f"note: {text}", soft_wrap=True)
+
     def table(self, table: Table) -> None:
         if not self.as_json:
             self.out.print(table)
@@ -253,15 +286,12 @@ def _g(x: Any) -> str:
 # --------------------------------------------------------------------------------------------
 # The commands.
 
-AUTO_LEARNING_RATES = learning_rates("1e-5:10:25")
-"""The grid ``--lr auto`` picks each optimiser's learning rate from (4 per decade)."""
-
 
 def run_demo(args: argparse.Namespace) -> int:
     """``gdjax demo``: the seed's example, a race, a learning-rate sweep and gradient checks."""
     report = Reporter(args.json)
     out: Path = args.out
-    out.mkdir(parents=True, exist_ok=True)
+    _make_folder(out)
     started = time.perf_counter()
     files: dict[str, Path] = {}
 
@@ -269,8 +299,8 @@ def run_demo(args: argparse.Namespace) -> int:
     report.table(_rows_table("1. the seed's example, float64", seed))
 
     f = functions.rosenbrock
-    result = race(f, np.asarray(f.start, np.float32), list(OPTIMIZER_RACE), lr=None,
-                  steps=1000, report=report)
+    result = _race(report, f, np.asarray(f.start, np.float32), RACE_OPTIMIZERS,
+                   learning_rate=None, steps=1000)
     rows = result.rows
     report.table(_race_table(rows, "2. optimiser race on Rosenbrock, 1000 steps"))
     files["race_table"] = _write_csv(out / "race.csv", rows)
@@ -289,7 +319,8 @@ def run_demo(args: argparse.Namespace) -> int:
     sweep_summary = _sweep_summary(res)
     report.line(_best_line(sweep_summary))
     files.update({f"lr_sweep_{k}": v for k, v in _write_sweep(
-        res, f2, out, "lr_sweep", plots=not args.no_plots, report=report, boundary=1.0).items()})
+        res, f2, out, "lr_sweep", plots=not args.no_plots, report=report, history=True,
+        table=True, boundary=1.0).items()})
 
     checks = _demo_gradient_checks(report)
     report.table(_rows_table("4. gradient checks of the built-in functions", checks))
@@ -369,21 +400,33 @@ def _verdict(ok: bool) -> str:
 
 def run_check(args: argparse.Namespace) -> int:
     """``gdjax check``: the user's gradient against finite differences; exit 0 right, 1 wrong."""
-    f = load_function(args.target)
+    f = objective(args.target) if args.target in functions.ALL else load_function(args.target)
     if args.point is not None:
         try:
             x = np.load(args.point, allow_pickle=False)
-        except (OSError, ValueError) as e:
+        except (OSError, ValueError, EOFError) as e:  # EOFError: an empty file
             raise UsageError(f"cannot read --point {str(args.point)!r}: {_one_line(e)}") from None
+        if x.size == 0:
+            raise UsageError(f"--point {str(args.point)!r} holds an empty array of shape "
+                             f"{x.shape}: save the point to check")
         if args.dtype is not None:
             x = x.astype(args.dtype)
         where = f"the point in {args.point}"
-    else:
+    elif args.shape is not None:
         x = np.random.default_rng(args.seed).standard_normal(args.shape)
         x = np.asarray(x, args.dtype or "float64")
         where = f"a standard-normal point of shape {args.shape} (seed {args.seed})"
+    elif hasattr(f, "start"):  # a built-in: its suggested start
+        x = np.asarray(f.start, args.dtype or "float64")
+        where = f"its suggested start {_point(x)}"
+    else:
+        raise UsageError("one of the arguments --shape --point is required for a "
+                         "module:function (a built-in is checked at its suggested start)")
     if not np.issubdtype(x.dtype, np.floating):
         raise UsageError(f"the point must hold floats, got dtype {x.dtype}; use --dtype")
+    if hasattr(f, "in_dim") and x.ndim == 1 and x.size != f.start.size:
+        with _library_arguments():
+            f = f.in_dim(x.size)
     with inputs.precision(x):
         try:
             report = check_grads(f, x, order=args.order, rtol=args.rtol, atol=args.atol)
@@ -410,7 +453,9 @@ def run_race(args: argparse.Namespace) -> int:
     names = _optimizer_names(args.optimizers)
     lr = None if args.lr == "auto" else _one_learning_rate(args.lr)
     f, x0 = _start(f, args.x0, dim=None, dim_option=False)
-    result = race(f, x0, names, lr=lr, steps=args.steps, report=report)
+    _make_folder(args.out)
+    with _library_arguments():
+        result = _race(report, f, x0, names, learning_rate=lr, steps=args.steps)
     rows = result.rows
     report.table(_race_table(rows, f"race on {_name(f, args.function)} from {_point(x0)}, "
                                    f"{args.steps} steps"))
@@ -419,7 +464,6 @@ def run_race(args: argparse.Namespace) -> int:
         files["race"] = _race_picture(f, result, args.out / "race.png", report)
     elif not args.no_plots:
         report.line(f"(no picture: the start has {x0.size} coordinates, the contour plot needs 2)")
-    args.out.mkdir(parents=True, exist_ok=True)
     files["table"] = _write_csv(args.out / "race.csv", rows)
     _wrote(report, files)
     report.json({"function": args.function, "x0": x0, "steps": args.steps, "results": rows,
@@ -427,62 +471,11 @@ def run_race(args: argparse.Namespace) -> int:
     return 0
 
 
-class Race(NamedTuple):
-    """The outcome of :func:`race`.
-
-    Attributes:
-      rows: one per optimiser: name, learning rate, final loss, distance to the nearest known
-        minimiser (``None`` when none is known), status, steps.
-      paths: optimiser name -> ``(T, n)`` recorded iterates.
-      steps: ``(T,)`` the step of each recorded iterate.
-    """
-
-    rows: list[dict[str, Any]]
-    paths: dict[str, Any]
-    steps: Any
-
-
-def race(
-    f: Callable, x0: Any, names: list[str], *, lr: float | None, steps: int, report: Reporter
-) -> Race:
-    """Each optimiser from ``x0``: with ``lr``, or with its best learning rate when ``None``.
-
-    One sweep per optimiser runs every candidate learning rate in one compiled program and
-    records the trajectories; the learning rate whose loss stays lowest over the last tenth of the
-    run wins (a run bouncing around the valley does not win by a lucky last step).
-
-    Returns:
-      A :class:`Race`.
-    """
-    lrs = AUTO_LEARNING_RATES if lr is None else [lr]
-    minimizers = np.asarray(getattr(f, "minimizers", np.zeros((0, x0.size))))
-    rows, paths = [], {}
-    label = "tuning and racing" if lr is None else "racing"
-    with report.task(f"{label} {len(names)} optimisers", total=len(names)) as advance:
-        for name in names:
-            res = sweep(f, x0, name, grid={"learning_rate": lrs}, steps=steps,
-                        record_every=max(1, steps // 250), record_params=True, progress=False)
-            i = _steadiest(res)
-            final = np.asarray(res.params[i])
-            distance = (float(np.min(np.linalg.norm(minimizers - final.ravel(), axis=1)))
-                        if minimizers.size else None)
-            rows.append({
-                "optimizer": name, "learning_rate": float(res.grid["learning_rate"][i]),
-                "loss": float(res.loss[i]), "distance_to_minimizer": distance,
-                "status": str(res.status[i]), "steps": int(res.steps[i]),
-            })
-            paths[name] = np.asarray(res.history.params[i]).reshape(-1, x0.size)
-            advance()
-    return Race(rows, paths, np.asarray(res.history.step[0]))
-
-
-def _steadiest(res: Any) -> int:
-    """The config whose largest loss over the last tenth of its history is smallest, not
-    diverged (the first config when all diverged)."""
-    tail = res.history.loss[:, -max(1, res.history.loss.shape[1] // 10):]
-    # a diverged run records non-finite losses after its divergence: they score +inf
-    score = np.max(np.nan_to_num(tail, nan=np.inf), axis=1)
-    return int(np.argmin(np.where(res.status == "diverged", np.inf, score)))
+def _race(report: Reporter, f: Any, x0: Any, names: Any, **kwargs: Any) -> Race:
+    """:func:`gdjax.race` under a progress bar."""
+    tuning = "tuning and racing" if kwargs["learning_rate"] is None else "racing"
+    with report.task(f"{tuning} {len(names)} optimisers", total=len(names)) as advance:
+        return race(f, x0, names, callback=lambda name: advance(), **kwargs)
 
 
 def _race_table(rows: list[dict[str, Any]], title: str) -> Table:
@@ -535,29 +528,56 @@ def run_sweep(args: argparse.Namespace) -> int:
     f, x0 = _start(f, args.x0, dim=args.dim, dim_option=True)
     grid: dict[str, Any] = {"learning_rate": args.lr}
     zipped = ()
-    if args.starts * args.seeds > 1:
-        if args.x0 is not None:
-            raise UsageError(f"--x0 is one start, but --starts {args.starts} --seeds "
-                             f"{args.seeds} asks for random ones: give one or the other")
-        lo, hi = _box(f, args.box, x0.size)
+    random_starts = args.starts * args.seeds > 1
+    if random_starts and args.x0 is not None:
+        raise UsageError(f"--x0 is one start, but --starts {args.starts} --seeds "
+                         f"{args.seeds} asks for random ones: give one or the other")
+    lo, hi = _box(f, args.box, x0.size)
+    if random_starts:
         grid["seed"] = np.repeat(np.arange(args.seeds), args.starts)
         grid["x0"] = np.concatenate([
             np.random.default_rng(s).uniform(lo, hi, (args.starts, x0.size))
             for s in range(args.seeds)
         ]).reshape(-1, *x0.shape).astype(x0.dtype)
         zipped = [("seed", "x0")]
+    elif args.x0 is None and not hasattr(f, "start"):  # --dim: no start given or suggested
+        x0 = np.random.default_rng(0).uniform(lo, hi).astype(x0.dtype)
+        report.note(f"the start is drawn uniformly in --box {_g(lo[0])}:{_g(hi[0])} in "
+                    f"{x0.size} dimensions (seed 0): {format_value(x0)}; give --x0 to choose it")
     # the sweep's own bar: chunks done, elapsed and remaining time, on stderr when it is a terminal
     show = not args.json and report.err.is_terminal
-    res = sweep(f, x0, args.optimizer, grid=grid, zip_axes=zipped, steps=args.steps,
-                tol=args.tol, progress=show, **hyper)
+    with _library_arguments():
+        res = sweep(f, x0, args.optimizer, grid=grid, zip_axes=zipped, steps=args.steps,
+                    tol=args.tol, record_every=args.record_every, checkpoint=args.checkpoint,
+                    progress=show, **hyper)
+    _refuse_non_finite_starts(res, x0 if "x0" not in grid else None, report)
     report.table(res.table(top=args.top))
     summary = _sweep_summary(res)
     report.line(_best_line(summary))
-    files = _write_sweep(res, f, args.out, "sweep", plots=not args.no_plots, report=report)
+    files = _write_sweep(res, f, args.out, "sweep", plots=not args.no_plots, report=report,
+                         history=args.history, table=args.csv)
+    doc = {"function": args.function, "optimizer": args.optimizer, "steps": args.steps,
+           **summary, "files": files}
+    files["summary"] = args.out / "sweep_summary.json"
+    files["summary"].write_text(json.dumps(doc, indent=2, default=_json_default))
     _wrote(report, files)
-    report.json({"function": args.function, "optimizer": args.optimizer, "steps": args.steps,
-                 **summary, "files": files})
+    report.json(doc)
     return 0
+
+
+def _refuse_non_finite_starts(res: Any, x0: Any, report: Reporter) -> None:
+    """A config that diverged at step 0 started where f (or its gradient) is not finite: not a
+    learning rate's fault. All of them: a usage error; some: a note."""
+    at_start = np.asarray(res.diverged_at) == 0
+    if not at_start.any():
+        return
+    if at_start.all():
+        where = (f"at --x0 {format_value(x0)}" if x0 is not None
+                 else f"at every one of the {len(res)} random starts")
+        raise UsageError(f"f (or its gradient) is not finite {where}, so no learning rate can "
+                         "help: choose a start in f's domain (--x0, --box)")
+    report.note(f"{int(at_start.sum())} of {len(res)} configs start where f (or its gradient) "
+                "is not finite: they are reported diverged at step 0")
 
 
 def _sweep_summary(res: Any) -> dict[str, Any]:
@@ -576,28 +596,22 @@ def _best_line(summary: dict[str, Any]) -> str:
     best = summary["best"]
     if best is None:
         return "[red]every config diverged[/red]: try smaller learning rates"
-    config = ", ".join(f"{k}={_cell(v)}" for k, v in best["config"].items())
-    return (f"best: config {best['index']} ({config}): final loss {best['loss']:.6g}, "
-            f"{best['status']}, x = {_cell(best['params'])}")
-
-
-def _cell(value: Any) -> str:
-    if isinstance(value, float):
-        return _g(value)
-    if isinstance(value, np.ndarray):
-        return np.array2string(value.ravel() if value.size <= 6 else value.ravel()[:6],
-                               precision=4, separator=", ") + ("" if value.size <= 6 else "...")
-    return str(value)
+    config = ", ".join(f"{k}={format_value(v)}" for k, v in best["config"].items())
+    return (f"best: config {best['index']} ({config}): final loss {best['loss']:.4g}, "
+            f"{best['status']}, x = {format_value(best['params'])}")
 
 
 def _write_sweep(res: Any, f: Any, out: Path, stem: str, *, plots: bool, report: Reporter,
-                 boundary: float | None = None) -> dict[str, Path]:
-    """The sweep's CSV and JSON, and its pictures: loss curves, final loss vs learning rate and,
-    for a 2-D function with several starts and several known minimisers, a basin map."""
-    out.mkdir(parents=True, exist_ok=True)
-    files = {"csv": out / f"{stem}.csv", "json": out / f"{stem}.json"}
-    res.to_csv(files["csv"])
-    res.to_json(files["json"])
+                 history: bool, table: bool, boundary: float | None = None) -> dict[str, Path]:
+    """The sweep's arrays (``.npz``, the history only with ``history``), its CSV table (with
+    ``table``), and its pictures: loss curves, final loss vs learning rate and, for a 2-D
+    function with several starts and several known minimisers, a basin map."""
+    _make_folder(out)
+    files = {"npz": out / f"{stem}.npz"}
+    res.to_npz(files["npz"], history=history)
+    if table:
+        files["csv"] = out / f"{stem}.csv"
+        res.to_csv(files["csv"])
     if not plots:
         return files
 
@@ -690,7 +704,8 @@ def _start(f: Any, x0: list[float] | None, dim: int | None, *, dim_option: bool
     if dim is None and x0 is not None and getattr(f, "dim", 0) is None:
         dim = len(x0)  # a built-in of any dimension takes the dimension of --x0
     if hasattr(f, "in_dim") and dim is not None:
-        f = f.in_dim(dim)
+        with _library_arguments():  # a fixed-dimension built-in and another --dim
+            f = f.in_dim(dim)
     if x0 is not None:
         start = np.asarray(x0, np.float32)
         if dim is not None and start.size != dim:
@@ -701,7 +716,7 @@ def _start(f: Any, x0: list[float] | None, dim: int | None, *, dim_option: bool
         start = np.zeros(dim, np.float32)
     else:
         raise UsageError("a module:function has no suggested start: give --x0 X1,X2,..."
-                         + (" or --dim N (a start at zero)" if dim_option else ""))
+                         + (" or --dim N (a start drawn in --box)" if dim_option else ""))
     return f, start
 
 
@@ -737,17 +752,25 @@ _EPILOG_SWEEP = """examples:
   gdjax sweep himmelblau --optimizer adam --lr 0.05 --starts 256 --steps 500
   gdjax sweep mymodule:loss --dim 10 --lr 1e-3:1:16 --seeds 4 --out sweep-out --json
   gdjax sweep rosenbrock --optimizer momentum --lr 1e-4:1e-2:16 --hp momentum=0.95
+  gdjax sweep rosenbrock --x0 -1.2,1 --lr 1e-3     # negative values: also --x0=-1.2,1
+  gdjax sweep himmelblau --starts 4096 --box -5:5 --history --checkpoint ckpt
 
 The grid is the product of the learning rates, the starts and the seeds: --lr 1e-4:1e-1:64
 --starts 4 --seeds 2 runs 512 configs, all in one compiled program.
+
+Files in --out: sweep.npz (every config's grid values, outcomes and final parameters; the
+history with --history; read it with gdjax.load), sweep_summary.json (counts, the best config,
+the files), sweep.csv with --csv, and the pictures unless --no-plots.
 """
 
 _EPILOG_CHECK = """examples:
+  gdjax check rosenbrock                  # a built-in, at its suggested start
   gdjax check mymodule:loss --shape 6
   gdjax check mymodule:loss --shape 3,4 --dtype float32 --seed 1
   gdjax check mymodule:loss --point x.npy --json
 
-Exit status: 0 when autodiff and finite differences agree, 1 when they do not, 2 for bad usage.
+Exit status: 0 when autodiff and finite differences agree, 1 when they do not, 2 for bad
+usage (one line naming the argument), 3 for an internal error (the traceback with --debug).
 """
 
 _EPILOG_RACE = """examples:
@@ -770,9 +793,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="gdjax",
         description="Gradient descent you can verify and sweep, on JAX.",
-        epilog="Run 'gdjax COMMAND --help' for the options of a command, with examples.",
+        epilog="Run 'gdjax COMMAND --help' for the options of a command, with examples.\n\n"
+        "Exit status: 0 ok; 1 a wrong gradient or a failed check; 2 bad usage (one line naming "
+        "the\nargument); 3 an internal error (the traceback with --debug); 141 stdout closed "
+        "early.\nNegative values: --x0 -1.2,1, --box -2:2 and --x0=-1.2,1 all work.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"gdjax {__version__}")
+    parser.add_argument("--debug", action="store_true", help=_DEBUG_HELP)
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True,
                                      parser_class=_Parser)
     raw = argparse.RawDescriptionHelpFormatter
@@ -785,6 +813,7 @@ def build_parser() -> argparse.ArgumentParser:
         "built-in functions, and write tables and pictures to a folder."),
     )
     _output_options(demo, default_out="gdjax-out")
+    _debug_option(demo)
     demo.set_defaults(run=run_demo)
 
     sweep = commands.add_parser(
@@ -820,8 +849,21 @@ def build_parser() -> argparse.ArgumentParser:
                        help="a fixed hyperparameter of the optimiser, e.g. momentum=0.95 or "
                        "b1=0.8 (repeatable)")
     sweep.add_argument("--top", type=positive_int, default=10, metavar="N",
-                       help="rows of the results table, best first (default: 10)")
+                       help="rows of the results table, best first, one line each (default: 10)")
     _output_options(sweep, default_out="gdjax-sweep")
+    sweep.add_argument("--history", action="store_true",
+                       help="also write each config's loss and gradient-norm history to "
+                       "sweep.npz (default: final outcomes only)")
+    sweep.add_argument("--record-every", type=positive_int, default=None, metavar="K",
+                       help="record the history every K steps (default: about 100 records a "
+                       "config, fewer for very large sweeps)")
+    sweep.add_argument("--csv", action="store_true",
+                       help="also write sweep.csv, one text row per config (slow for "
+                       "100,000s of configs)")
+    sweep.add_argument("--checkpoint", type=Path, default=None, metavar="DIR",
+                       help="save each finished chunk of configs in DIR; the same command "
+                       "with the same DIR resumes where it stopped")
+    _debug_option(sweep)
     sweep.set_defaults(run=run_sweep)
 
     check = commands.add_parser(
@@ -832,12 +874,15 @@ def build_parser() -> argparse.ArgumentParser:
             "point (or one loaded from a .npy file) and print the report."
         ),
     )
-    check.add_argument("target", metavar="module:function",
-                       help="the function to check, imported from the current directory or "
-                       "PYTHONPATH; it takes one array and returns a scalar")
-    where = check.add_mutually_exclusive_group(required=True)
+    check.add_argument("target", metavar="FUNCTION",
+                       help="a built-in test function (e.g. rosenbrock, checked at its "
+                       "suggested start unless --shape or --point is given) or a user's "
+                       "module:function, imported from the current directory or PYTHONPATH, "
+                       "taking one array and returning a scalar")
+    where = check.add_mutually_exclusive_group()
     where.add_argument("--shape", type=shape, metavar="SHAPE",
-                       help="shape of the random point, e.g. 6 or 3,4")
+                       help="shape of the random point, e.g. 6 or 3,4 (required for a "
+                       "module:function unless --point is given)")
     where.add_argument("--point", type=Path, metavar="FILE.npy",
                        help="check at the array stored in this .npy file instead")
     check.add_argument("--dtype", choices=("float32", "float64"), default=None,
@@ -853,6 +898,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="absolute tolerance (default: 1e-3 rtol max|grad|)")
     check.add_argument("--json", action="store_true",
                        help="print the report as JSON on stdout")
+    _debug_option(check)
     check.set_defaults(run=run_check)
 
     race = commands.add_parser(
@@ -866,36 +912,51 @@ def build_parser() -> argparse.ArgumentParser:
     race.add_argument("function", nargs="?", default="rosenbrock",
                       help="a built-in 2-D test function (default: rosenbrock) or "
                       "module:function")
-    race.add_argument("--optimizers", default=",".join(OPTIMIZER_RACE), metavar="A,B,...",
-                      help=f"comma-separated optimiser names (default: {','.join(OPTIMIZER_RACE)})")
+    race.add_argument("--optimizers", default=",".join(RACE_OPTIMIZERS), metavar="A,B,...",
+                      help="comma-separated optimiser names (default: "
+                      f"{','.join(RACE_OPTIMIZERS)})")
     race.add_argument("--lr", default="auto", metavar="LR",
                       help="one learning rate for all, or 'auto': each optimiser's best on a "
-                      "log grid from 1e-4 to 1 (default: auto)")
+                      f"log grid of {len(AUTO_LEARNING_RATES)} values from "
+                      f"{AUTO_LEARNING_RATES[0]:g} to {AUTO_LEARNING_RATES[-1]:g} (default: "
+                      "auto)")
     race.add_argument("--steps", type=positive_int, default=1000, metavar="N",
                       help="updates per optimiser (default: 1000)")
     race.add_argument("--x0", type=point, default=None, metavar="X,Y",
                       help="the start (default: the function's suggested start)")
     _output_options(race, default_out="gdjax-race")
+    _debug_option(race)
     race.set_defaults(run=run_race)
     return parser
 
 
 def _start_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--x0", type=point, default=None, metavar="X1,X2,...",
-                        help="the start when --starts is 1 (default: the function's suggested "
-                        "start)")
+                        help="the start when --starts is 1, e.g. --x0 -1.2,1 (default: the "
+                        "function's suggested start)")
     parser.add_argument("--dim", type=positive_int, default=None, metavar="N",
-                        help="dimension of the start, for a module:function without --x0 or a "
+                        help="dimension of the start, for a module:function without --x0 (its "
+                        "start is then drawn uniformly in --box, seed 0, and printed) or a "
                         "built-in of any dimension such as rosenbrock (default: the length of "
                         "--x0 or of the function's suggested start)")
     parser.add_argument("--box", type=box, default=None, metavar="LO:HI",
-                        help="range of every coordinate of random starts (default: the "
-                        "function's domain, -1:1 for a module:function)")
+                        help="range of every coordinate of random starts, e.g. --box -2:2 "
+                        "(default: the function's domain, -1:1 for a module:function)")
+
+
+_DEBUG_HELP = "on an internal error (exit 3) print the traceback too"
+
+
+def _debug_option(parser: argparse.ArgumentParser) -> None:
+    # SUPPRESS: the top-level --debug survives a subcommand that is not given its own
+    parser.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                        help=_DEBUG_HELP)
 
 
 def _output_options(parser: argparse.ArgumentParser, default_out: str) -> None:
-    parser.add_argument("--out", type=Path, default=Path(default_out), metavar="DIR",
-                        help=f"folder for tables and pictures (default: ./{default_out})")
+    parser.add_argument("--out", type=out_folder, default=default_out, metavar="DIR",
+                        help=f"folder for tables and pictures, created if missing (default: "
+                        f"./{default_out})")
     parser.add_argument("--no-plots", action="store_true",
                         help="write tables only, no pictures (no matplotlib needed)")
     parser.add_argument("--json", action="store_true",
@@ -909,25 +970,86 @@ def main(argv: list[str] | None = None) -> int:
       argv: the arguments after the program name; ``sys.argv[1:]`` when ``None``.
 
     Returns:
-      0 on success, 1 when ``gdjax check`` finds a wrong gradient, 2 for bad usage.
+      0 on success, 1 when ``gdjax check`` finds a wrong gradient, 2 for bad usage, 3 for an
+      internal error, 141 when stdout was closed early (see the module docstring).
     """
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(negative_values(sys.argv[1:] if argv is None else argv))
     prog = f"gdjax {args.command}"
     try:
         return args.run(args)
-    except (UsageError, ValueError, TypeError) as e:
-        # gdjax's input errors name the argument and its value; from a command line they can only
-        # come from a bad value, so they are usage errors too.
+    except UsageError as e:
         print(f"{prog}: error: {_one_line(e)}", file=sys.stderr)
         return 2
     except ImportError as e:  # matplotlib missing: the pictures are an optional extra
         hint = " (or pass --no-plots)" if hasattr(args, "no_plots") else ""
         print(f"{prog}: error: {_one_line(e)}{hint}", file=sys.stderr)
         return 2
+    except BrokenPipeError:
+        _silence_stdout()
+        return 141
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
         return 130
+    except Exception as e:
+        if args.debug:
+            traceback.print_exc()
+        hint = "" if args.debug else " (run again with --debug for the traceback)"
+        print(f"{prog}: internal error: {type(e).__name__}: {_one_line(e)}{hint}",
+              file=sys.stderr)
+        return 3
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null, so that the interpreter's last flush of a closed pipe does not
+    print 'Exception ignored ... BrokenPipeError' (the recipe of Python's signal docs)."""
+    try:
+        fd = sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError):  # not a real file (a test's capture)
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, fd)
+    os.close(devnull)
+
+
+@contextlib.contextmanager
+def _library_arguments() -> Iterator[None]:
+    """A library call whose ``ValueError``/``TypeError`` means a bad argument (each names the
+    argument and its value, and every argument here came from the command line): usage, exit 2.
+
+    Only the call itself is wrapped, so that the same errors raised by the command's own code
+    (a bug) stay internal errors, exit 3.
+    """
+    try:
+        yield
+    except (ValueError, TypeError) as e:
+        raise UsageError(_one_line(e)) from e
+
+
+_NEGATIVE = re.compile(r"^-(\d|\.\d|inf|nan)", re.IGNORECASE)
+_NUMERIC_OPTIONS = ("--x0", "--box", "--lr")
+
+
+def negative_values(argv: list[str]) -> list[str]:
+    """``--x0 -1.2,1`` as ``--x0=-1.2,1`` (also ``--box -2:2``, ``--lr -1``): argparse would take
+    a value starting with ``-`` that is not a plain number for an option and refuse it.
+
+    Example:
+      >>> negative_values(["sweep", "--x0", "-1.2,1", "--box", "-2:2", "--steps", "5"])
+      ['sweep', '--x0=-1.2,1', '--box=-2:2', '--steps', '5']
+    """
+    out: list[str] = []
+    i = 0
+    while i < len(argv):
+        if argv[i] == "--":  # the rest is positional
+            return out + argv[i:]
+        if argv[i] in _NUMERIC_OPTIONS and i + 1 < len(argv) and _NEGATIVE.match(argv[i + 1]):
+            out.append(f"{argv[i]}={argv[i + 1]}")
+            i += 2
+        else:
+            out.append(argv[i])
+            i += 1
+    return out
 
 
 def _one_line(error: BaseException) -> str:

@@ -233,6 +233,12 @@ class SweepResult:
     def table(self, top: int | None = None) -> Table:
         """A rich table, one row per config: grid values, status, losses, steps.
 
+        Numbers have 4 significant digits (``8.022e-05``: an exponent is never cut), vectors
+        are summarised (``[-4.51, 2.03, … (50)]``) and every row is one line. Printed narrower
+        than its full width, the table leaves out whole columns, least useful first (diverged
+        at, best loss, x0, steps, then grid axes), and names them in its caption, instead of
+        squeezing numbers into ``…``.
+
         Args:
           top: show only the ``top`` configs by final loss (diverged ones last); all configs in
             grid order when ``None``.
@@ -250,20 +256,21 @@ class SweepResult:
         title = f"sweep: {len(self)} configs, " + ", ".join(
             f"{n} {s}" for s, n in self.counts().items()
         )
-        table = Table(title=title)
-        table.add_column("config", justify="right")
-        for name in self.grid:
-            table.add_column(name, justify="right")
-        for name in ("status", "final loss", "best loss", "steps", "diverged at"):
-            table.add_column(name, justify="right")
+        # (name, priority: the higher, the sooner it is left out of a narrow table)
+        columns = [("config", 1)] + [(n, 4 if n == "x0" else 2) for n in self.grid]
+        columns += [("status", 1), ("final loss", 0), ("best loss", 5), ("steps", 3),
+                    ("diverged at", 6)]
+        table = FittedTable(title=title, priorities=[p for _, p in columns])
+        for name, _ in columns:
+            table.add_column(name, justify="right", no_wrap=True)
         for i in order:
             config = self.config(int(i))
-            cells = [str(int(i))] + [_cell(config[name]) for name in self.grid]
+            cells = [str(int(i))] + [format_value(config[name]) for name in self.grid]
             diverged = int(self.diverged_at[i])
             cells += [
                 str(Status(int(self.status[i]))),
-                f"{float(self.loss[i]):.6g}",
-                f"{float(self.best_loss[i]):.6g}",
+                _number(self.loss[i]),
+                _number(self.best_loss[i]),
                 str(int(self.steps[i])),
                 "" if diverged < 0 else str(diverged),
             ]
@@ -457,6 +464,64 @@ class SweepResult:
                     )
         return out
 
+    def to_npz(self, path: str | os.PathLike, *, history: bool = True) -> None:
+        """Write the arrays as one NumPy ``.npz`` file: binary, exact, fast at any size.
+
+        Every array keeps its dtype and shape (statuses as their int8 codes); the pytree
+        structure and the field names travel in a small JSON entry of the same file. Read it
+        back with :meth:`from_npz` or :func:`load`; with NumPy alone, ``np.load(path)``.
+
+        Args:
+          path: the file to write (its name is kept as given).
+          history: also write the history (``False``: the final outcomes only, about as many
+            times smaller as there are records per config).
+
+        Raises:
+          TypeError: a pytree holds another kind of node (e.g. a NamedTuple), or an array
+            holds objects.
+        """
+        arrays: dict[str, np.ndarray] = {}
+        put = lambda tree: _npz_encode(tree, arrays)  # noqa: E731
+        doc = {
+            "format": _FORMAT,
+            "version": 1,
+            "grid": {name: put(values) for name, values in self.grid.items()},
+            "params": put(self.params),
+            **{name: put(np.asarray(getattr(self, name))) for name in _SCALARS},
+            "history": None if self.history is None or not history
+            else {f: put(getattr(self.history, f)) for f in History._fields},
+        }
+        with open(path, "wb") as fh:
+            np.savez(fh, **arrays, **{_NPZ_MARK: np.asarray(json.dumps(doc))})
+
+    @classmethod
+    def from_npz(cls, path: str | os.PathLike) -> SweepResult:
+        """Read a file written by :meth:`to_npz`: an equal result, dtypes and structure kept.
+
+        Raises:
+          ValueError: the file (named) is not a NumPy ``.npz`` file written by :meth:`to_npz`
+            (e.g. empty or cut short).
+        """
+        where = repr(os.fspath(path))
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                arrays = {name: z[name] for name in z.files}
+            doc = json.loads(str(arrays.pop(_NPZ_MARK)))
+            if doc.get("format") != _FORMAT:
+                raise ValueError("its format entry is not " + _FORMAT)
+            get = lambda d: _npz_decode(d, arrays)  # noqa: E731
+            history = doc["history"]
+            return cls(
+                grid={name: get(v) for name, v in doc["grid"].items()},
+                params=get(doc["params"]),
+                **{name: get(doc[name]) for name in _SCALARS},
+                history=None if history is None
+                else History(**{f: get(v) for f, v in history.items()}),
+            )
+        except (OSError, EOFError, KeyError, ValueError, TypeError, AttributeError) as e:
+            raise ValueError(f"{where} is not a gdjax sweep .npz file (written by to_npz): "
+                             f"{type(e).__name__}: {e}") from None
+
     def _index(self, i: int) -> int:
         n = len(self)
         if isinstance(i, bool) or not isinstance(i, int | np.integer) or not -n <= i < n:
@@ -465,18 +530,20 @@ class SweepResult:
 
 
 def load(path: str | os.PathLike) -> SweepResult:
-    """Read a :class:`SweepResult` from a ``.json`` or ``.csv`` file (by its extension).
+    """Read a :class:`SweepResult` from a ``.npz``, ``.json`` or ``.csv`` file (by its extension).
 
     Raises:
-      ValueError: the extension is neither, or the file (named) is empty, cut short, edited
-        (CSV) or not a gdjax sweep file.
+      ValueError: the extension is none of ``.npz``, ``.json``, ``.csv``, or the file (named) is
+        empty, cut short, edited (CSV) or not a gdjax sweep file.
     """
     ext = os.path.splitext(os.fspath(path))[1].lower()
+    if ext == ".npz":
+        return SweepResult.from_npz(path)
     if ext == ".json":
         return SweepResult.from_json(path)
     if ext == ".csv":
         return SweepResult.from_csv(path)
-    raise ValueError(f"path must end in .json or .csv, got path={os.fspath(path)!r}")
+    raise ValueError(f"path must end in .json or .csv (or .npz), got path={os.fspath(path)!r}")
 
 
 # --- CSV helpers --------------------------------------------------------------------------------
@@ -543,14 +610,122 @@ def _parse_column(col: list[str]) -> np.ndarray:
         return np.asarray([float(v) for v in col], dtype=np.float64)
 
 
-def _cell(value: Any) -> str:
-    if isinstance(value, float):
-        return f"{value:.6g}"
+def _number(value: Any) -> str:
+    """4 significant digits, whole: ``8.022e-05``, ``0.001``, ``1.235e+06``, ``nan``."""
+    return f"{float(value):.4g}"
+
+
+def _vector(a: np.ndarray) -> str:
+    """Up to 3 numbers in full (3 significant digits), else the first 2 and the count."""
+    flat = np.asarray(a, float).ravel()
+    shown = [f"{v:.3g}" for v in (flat if flat.size <= 3 else flat[:2])]
+    return "[" + ", ".join(shown + ([] if flat.size <= 3 else [f"… ({flat.size})"])) + "]"
+
+
+def format_value(value: Any) -> str:
+    """A grid value or parameters as one short table cell: 4 significant digits for a number,
+    ``[-4.51, 2.03, … (50)]`` for an array of more than 3 numbers.
+
+    Example:
+      >>> format_value(8.022315e-05), format_value(np.arange(50.0) - 4.512)
+      ('8.022e-05', '[-4.51, -3.51, … (50)]')
+    """
+    if isinstance(value, bool | int | np.integer):
+        return str(int(value))
+    if isinstance(value, float | np.floating):
+        return _number(value)
     if isinstance(value, np.ndarray):
-        return np.array2string(value, precision=4, separator=", ")
-    if isinstance(value, int):
-        return str(value)
-    return "(" + ", ".join(_cell(v) for v in jax.tree.leaves(value)) + ")"
+        return _vector(value)
+    return "(" + ", ".join(format_value(v) for v in jax.tree.leaves(value)) + ")"
+
+
+class FittedTable(Table):
+    """A ``rich.table.Table`` that, rendered narrower than its full width, leaves out whole
+    columns (highest ``priorities`` first) and names them in its caption, rather than let rich
+    cut cells to ``…``. Its cells do not wrap, so every row stays one line."""
+
+    def __init__(self, *args: Any, priorities: list[int], **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.priorities = priorities
+
+    def fitted(self, width: int) -> Table:
+        """The table with the columns that fit in ``width`` characters."""
+        from rich.cells import cell_len
+
+        widths = [max([cell_len(str(c.header))] + [cell_len(str(v)) for v in c._cells])
+                  for c in self.columns]
+        keep = list(range(len(self.columns)))
+        # each column takes its text, one space either side and one border; plus the left edge
+        need = lambda cols: sum(widths[j] + 3 for j in cols) + 1  # noqa: E731
+        for j in sorted(keep, key=lambda j: -self.priorities[j]):
+            if need(keep) <= width or self.priorities[j] == 0 or len(keep) == 1:
+                break
+            keep.remove(j)
+        left_out = set(range(len(self.columns))) - set(keep)
+        for j in sorted(left_out, key=lambda j: self.priorities[j]):
+            if need([*keep, j]) <= width:  # a narrower column left out may fit after all
+                keep = sorted([*keep, j])
+        if len(keep) == len(self.columns):
+            return self._plain(keep, None)
+        left_out = ", ".join(str(self.columns[j].header) for j in range(len(self.columns))
+                             if j not in keep)
+        return self._plain(keep, f"(left out at this width: {left_out})")
+
+    def _plain(self, keep: list[int], caption: str | None) -> Table:
+        table = Table(title=self.title, caption=caption or self.caption)
+        for j in keep:
+            c = self.columns[j]
+            table.add_column(c.header, justify=c.justify, no_wrap=c.no_wrap)
+        for r in range(self.row_count):
+            table.add_row(*(self.columns[j]._cells[r] for j in keep))
+        return table
+
+    def __rich_console__(self, console: Any, options: Any) -> Any:
+        yield self.fitted(options.max_width)
+
+    def __rich_measure__(self, console: Any, options: Any) -> Any:
+        return self.fitted(options.max_width).__rich_measure__(console, options)
+
+
+# --- NPZ helpers --------------------------------------------------------------------------------
+
+_NPZ_MARK = "__gdjax__"
+
+
+def _npz_encode(tree: PyTree, arrays: dict[str, np.ndarray]) -> Any:
+    """The structure of ``tree`` as JSON, its leaves stored in ``arrays`` under new names."""
+    if tree is None:
+        return {"none": None}
+    if isinstance(tree, dict):
+        bad = [k for k in tree if not isinstance(k, str)]
+        if bad:
+            raise TypeError(f"cannot write a dict with non-str keys {bad!r} to .npz")
+        return {"dict": {k: _npz_encode(v, arrays) for k, v in tree.items()}}
+    if isinstance(tree, list | tuple) and type(tree) in (list, tuple):
+        return {type(tree).__name__: [_npz_encode(v, arrays) for v in tree]}
+    if isinstance(tree, np.ndarray | np.generic | jax.Array | int | float | bool | str):
+        a = np.asarray(tree)
+        if a.dtype.kind not in "biufU":
+            raise TypeError(f"cannot write an array of dtype {a.dtype} to .npz")
+        name = f"a{len(arrays)}"
+        arrays[name] = a
+        return {"array": name}
+    raise TypeError(
+        f"cannot write a pytree node of type {type(tree).__name__} to .npz; "
+        "use dicts, lists, tuples and arrays"
+    )
+
+
+def _npz_decode(doc: Any, arrays: dict[str, np.ndarray]) -> PyTree:
+    (kind, body), = doc.items()
+    if kind == "none":
+        return None
+    if kind == "dict":
+        return {k: _npz_decode(v, arrays) for k, v in body.items()}
+    if kind in ("list", "tuple"):
+        items = [_npz_decode(v, arrays) for v in body]
+        return items if kind == "list" else tuple(items)
+    return arrays[body]
 
 
 # --- JSON helpers -------------------------------------------------------------------------------
