@@ -3,11 +3,16 @@ r"""Gradient checks: autodiff against a finite-difference oracle, with a report 
 :func:`check_grads` compares reverse mode (``jax.grad``), forward mode (``jax.jvp``) and, with
 ``order=2``, Hessian-vector products with finite differences of ``f`` (of its gradient, for the
 Hessian), and with each other. Small inputs are checked coordinate by coordinate; large ones along
-a few random directions, at a cost independent of their size, and a failing direction is then
-narrowed down to one coordinate by bisection over blocks of coordinates. The result is a
+a few directions of random signs on random blocks of coordinates, at a cost independent of their
+size, and a failing direction is then narrowed down to one coordinate by bisection. Either way
+the smallest single-coordinate error sure to be caught, the *detection floor*, is computed and
+reported (:func:`check_grads` states it). The result is a
 :class:`GradCheckReport` naming the worst leaf and index, both values, both errors and the kind of
 trouble: a wrong gradient, a point where ``f`` is not differentiable (a kink), or a non-finite
 value. :func:`assert_grads_close` turns it into one line of a pytest test.
+
+**Dtypes.** Autodiff runs in the dtype of ``x`` (float64 ``x``, a NumPy array too, inside a local
+``jax.enable_x64(True)``), and the report names it (``ad_dtype``).
 
 **The oracle.** Finite differences run in ``fd_dtype`` (float64 by default, inside
 ``jax.enable_x64(True)``; the global flag is never flipped) with ``x`` cast to it, and use
@@ -38,6 +43,15 @@ the origin) they differ by the jump in slope whatever ``h``. An entry whose gap 
 tolerance and does not shrink from the coarsest to the finest step (ratio at least 1/2) is
 reported as ``"not differentiable"``. A single step (``"central"``) cannot tell the two apart
 (its gap is exactly :math:`h f''` either way), so other methods run no kink test.
+
+A kink *near* ``x`` (a ReLU unit within the step of its threshold; dense along a direction that
+moves every weight of a network) or a domain edge (``log`` near 0) puts a kink or a non-finite
+value inside the stencil while ``f`` is differentiable at ``x``. So an entry that is not OK at
+the default step (kink, non-finite, failing, or with a truncation error above its tolerance) is
+computed again at 1/16 and 1/256 of the step, coordinates and directions alike, and takes the
+first values where the stencil is smooth; the report counts the entries redone. Only a kink
+still there at 1/256 of the step is reported, as at ``x`` or within that step of it; a wrong
+gradient stays wrong at every step. A ``step`` given by the user is used as is.
 """
 
 from __future__ import annotations
