@@ -32,6 +32,8 @@ import json
 import math
 import os
 import re
+import zipfile
+from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 import jax
@@ -121,16 +123,21 @@ class Best(NamedTuple):
     """The best finite config of a sweep (see :meth:`SweepResult.best`).
 
     Attributes:
-      index: its position in the sweep.
-      config: its grid values, ``{axis: value}``.
+      index: its position in the sweep (with ``reduce``, the best config of the best group).
+      config: its grid values, ``{axis: value}`` (with ``reduce``, the group's values: the axes
+        reduced over are left out).
       loss: its final loss.
       params: its final parameters.
+      value: the score it won with: the metric's final value, or the group's reduction.
+      configs: the configs that score covers (``(index,)`` without ``reduce``).
     """
 
     index: int
     config: dict[str, Any]
     loss: float
     params: PyTree
+    value: float = math.nan
+    configs: tuple[int, ...] = ()
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -211,24 +218,179 @@ class SweepResult:
         """How many configs ended with each status, every status listed (zeros included)."""
         return {s: int(np.count_nonzero(self.status == s)) for s in STATUSES}
 
-    def best(self) -> Best:
-        """The config with the smallest finite final loss among those that did not diverge.
+    def best(self, metric: str = "loss", mode: str = "min", *, reduce: str | None = None,
+             over: Sequence[str] = ("seed", "x0")) -> Best:
+        """The best config by a metric, among those that did not diverge.
+
+        Args:
+          metric: a name from :meth:`metrics`: ``"loss"`` (the final loss, the default),
+            ``"best_loss"``, ``"grad_norm"``, ``"steps"``, or an ``eval_fn`` metric at the final
+            parameters, e.g. ``"accuracy"`` (a dict key; nested keys joined with dots).
+          mode: ``"min"`` or ``"max"`` (e.g. ``best("accuracy", "max")``).
+          reduce: ``None`` ranks single configs; ``"mean"``, ``"median"``, ``"min"`` or
+            ``"max"`` ranks groups of configs that differ only in the ``over`` axes (e.g. the
+            mean test accuracy over seeds of each learning rate). A diverged config (or a
+            non-finite value) counts as the worst possible value in its group.
+          over: the grid axes ``reduce`` runs over (those the grid has); by default the seed and
+            the random start it draws.
+
+        Returns:
+          A :class:`Best`.
 
         Raises:
-          ValueError: every config diverged or ended with a non-finite loss.
+          ValueError: an unknown metric, mode or reduction, or no config (group) with a finite
+            value that did not diverge.
+
+        Example:
+          >>> import numpy as np, gdjax.results as R
+          >>> res = R.SweepResult(
+          ...     grid={"learning_rate": np.array([0.1, 0.1, 0.2, 0.2]),
+          ...           "seed": np.array([0, 1, 0, 1])},
+          ...     params=np.zeros((4, 1)), loss=np.array([0.5, 0.1, 0.2, 0.3]),
+          ...     best_loss=np.zeros(4), grad_norm=np.zeros(4), status=[2, 2, 2, 2],
+          ...     steps=np.full(4, 9), diverged_at=np.full(4, -1))
+          >>> res.best().config, res.best(reduce="mean").config
+          ({'learning_rate': 0.1, 'seed': 1}, {'learning_rate': 0.2})
         """
-        ok = (self.status != "diverged") & np.isfinite(self.loss)
-        if not ok.any():
-            raise ValueError(
-                f"no config has a finite final loss without diverging (counts: {self.counts()})"
-            )
-        i = int(np.flatnonzero(ok)[np.argmin(self.loss[ok])])
-        return Best(
-            index=i,
-            config=self.config(i),
-            loss=float(self.loss[i]),
-            params=jax.tree.map(lambda a: np.asarray(a[i]), self.params),
-        )
+        values = self._metric(metric)
+        if mode not in ("min", "max"):
+            raise ValueError(f"mode must be 'min' or 'max', got mode={mode!r}")
+        sign = 1.0 if mode == "min" else -1.0
+        ok = (self.status != "diverged") & np.isfinite(values)
+        # scores to minimise: a diverged or non-finite config scores +inf
+        score = np.where(ok, sign * np.where(ok, values, 0.0), np.inf)
+        if reduce is None:
+            if not ok.any():
+                what = "final loss" if metric == "loss" else metric
+                raise ValueError(f"no config has a finite {what} without diverging "
+                                 f"(counts: {self.counts()})")
+            i = int(np.argmin(score))
+            return self._best(i, self.config(i), float(values[i]), (i,))
+        if reduce not in _REDUCTIONS:
+            raise ValueError(f"reduce must be None or one of {list(_REDUCTIONS)}, got "
+                             f"reduce={reduce!r}")
+        by = [a for a in self.grid if a not in over]
+        keys, group = self._groups(by)
+        with np.errstate(invalid="ignore"):  # inf - inf in a group that all diverged
+            scores = np.array([_REDUCTIONS[reduce](score[group == g]) for g in range(len(keys))])
+        if not np.isfinite(scores).any():
+            raise ValueError(f"no group of configs has a finite {reduce} {metric} over "
+                             f"{[a for a in self.grid if a in over]} (a diverged config "
+                             f"counts as the worst; counts: {self.counts()})")
+        g = int(np.argmin(np.where(np.isfinite(scores), scores, np.inf)))
+        members = np.flatnonzero(group == g)
+        i = int(members[np.argmin(score[members])])
+        config = {a: self.config(i)[a] for a in by}
+        return self._best(i, config, float(sign * scores[g]), tuple(members.tolist()))
+
+    def metrics(self) -> dict[str, np.ndarray]:
+        """Every per-config number by name: ``loss``, ``best_loss``, ``grad_norm``, ``steps``, and
+        each ``eval_fn`` metric at the final parameters (its last record in the history),
+        named by its key in ``eval_fn``'s output (nested keys and list indices joined with
+        dots; a bare scalar is ``"metric"``).
+
+        These are the names :meth:`best`, :meth:`summary` and :meth:`to_pandas` use.
+        """
+        out = {name: np.asarray(getattr(self, name))
+               for name in ("loss", "best_loss", "grad_norm", "steps")}
+        metrics = None if self.history is None else self.history.metrics
+        if metrics is not None:
+            for path, leaf in jax.tree_util.tree_flatten_with_path(metrics)[0]:
+                out[_dotted(path) or "metric"] = np.asarray(leaf)[:, -1]
+        return out
+
+    def summary(self, by: Sequence[str], metrics: Sequence[str] | None = None
+                ) -> dict[str, np.ndarray]:
+        """Each metric's mean, std, min and max over the configs that share the ``by`` axes'
+        values (over every other axis: seeds, starts...), counting only configs that did not
+        diverge and ended finite; ``configs`` and ``diverged`` count each group.
+
+        Args:
+          by: grid axes to group by (not ``x0``), e.g. ``["learning_rate"]``; ``[]`` for one
+            group of all configs.
+          metrics: names from :meth:`metrics` (default: ``loss`` and every ``eval_fn`` metric).
+
+        Returns:
+          Columns, one row per distinct combination of the ``by`` values (sorted): the ``by``
+          axes, ``configs``, ``diverged``, then ``"<metric> mean"``, ``"<metric> std"``,
+          ``"<metric> min"``, ``"<metric> max"`` (NaN where no config of the group counts).
+          ``pandas.DataFrame(result.summary(by=...))`` makes it a table.
+
+        Raises:
+          ValueError: an unknown axis or metric, or ``x0`` in ``by``.
+        """
+        by = list(by)
+        for axis in by:
+            if axis not in self.grid or axis == "x0":
+                raise ValueError(f"by must name grid axes other than x0 ({list(self.grid)}), "
+                                 f"got by={by!r}")
+        available = self.metrics()
+        names = list(metrics) if metrics is not None else ["loss"] + [
+            n for n in available if n not in ("loss", "best_loss", "grad_norm", "steps")]
+        values = {m: self._metric(m) for m in names}
+        keys, group = self._groups(by)
+        diverged = np.asarray(self.status == "diverged")
+        out: dict[str, Any] = {a: keys[:, j] for j, a in enumerate(by)}
+        for a in by:
+            out[a] = out[a].astype(np.asarray(self.grid[a]).dtype)
+        out["configs"] = np.bincount(group, minlength=len(keys))
+        out["diverged"] = np.bincount(group, weights=diverged, minlength=len(keys)).astype(int)
+        for m, v in values.items():
+            v = np.asarray(v, float)
+            ok = ~diverged & np.isfinite(v)
+            for stat, fn in (("mean", np.mean), ("std", np.std), ("min", np.min),
+                             ("max", np.max)):
+                out[f"{m} {stat}"] = np.array([
+                    fn(v[(group == g) & ok]) if np.any((group == g) & ok) else np.nan
+                    for g in range(len(keys))])
+        return out
+
+    def to_pandas(self) -> Any:
+        """One row per config as a ``pandas.DataFrame``: ``config``, the grid axes (``x0`` and
+        other arrays one column per element, ``x0.0``, ``x0.1``...), ``status`` by name, the
+        outcomes, each ``eval_fn`` metric (as in :meth:`metrics`) and the final parameters
+        (``params.0``, or ``params.w.0`` for a pytree, keys joined with dots).
+
+        Raises:
+          ImportError: pandas is not installed (an optional extra: ``pip install pandas``).
+        """
+        try:
+            import pandas as pd
+        except ImportError:
+            raise ImportError(
+                "SweepResult.to_pandas needs pandas, which gdjax does not install: "
+                "pip install pandas (the arrays are in result.grid, result.loss, ... without it)"
+            ) from None
+        columns: dict[str, Any] = {"config": np.arange(len(self))}
+        for name, values in self.grid.items():
+            columns.update(_dotted_columns(name, values))
+        columns["status"] = self.status.names()
+        for name in ("loss", "best_loss", "grad_norm", "steps", "diverged_at"):
+            columns[name] = np.asarray(getattr(self, name))
+        for name, values in self.metrics().items():
+            columns.setdefault(name, values)
+        columns.update(_dotted_columns("params", self.params))
+        return pd.DataFrame(columns)
+
+    def _metric(self, name: str) -> np.ndarray:
+        available = self.metrics()
+        if name not in available:
+            raise ValueError(f"metric must be one of {list(available)}, got metric={name!r}")
+        return np.asarray(available[name], float)
+
+    def _groups(self, axes: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """The distinct rows of the ``axes`` values (sorted), and each config's row number."""
+        if not axes:
+            return np.zeros((1, 0)), np.zeros(len(self), int)
+        keys = np.stack([np.asarray(self.grid[a], float) for a in axes], axis=1)
+        unique, group = np.unique(keys, axis=0, return_inverse=True)
+        return unique, group.reshape(-1)
+
+    def _best(self, i: int, config: dict[str, Any], value: float,
+              members: tuple[int, ...]) -> Best:
+        return Best(index=i, config=config, loss=float(self.loss[i]),
+                    params=jax.tree.map(lambda a: np.asarray(a[i]), self.params),
+                    value=value, configs=members)
 
     def table(self, top: int | None = None) -> Table:
         """A rich table, one row per config: grid values, status, losses, steps.
@@ -518,7 +680,8 @@ class SweepResult:
                 history=None if history is None
                 else History(**{f: get(v) for f, v in history.items()}),
             )
-        except (OSError, EOFError, KeyError, ValueError, TypeError, AttributeError) as e:
+        except (OSError, EOFError, KeyError, ValueError, TypeError, AttributeError,
+                zipfile.BadZipFile) as e:
             raise ValueError(f"{where} is not a gdjax sweep .npz file (written by to_npz): "
                              f"{type(e).__name__}: {e}") from None
 
@@ -685,6 +848,31 @@ class FittedTable(Table):
 
     def __rich_measure__(self, console: Any, options: Any) -> Any:
         return self.fitted(options.max_width).__rich_measure__(console, options)
+
+
+_REDUCTIONS = {"mean": np.mean, "median": np.median, "min": np.min, "max": np.max}
+
+
+def _dotted(path: tuple) -> str:
+    """A pytree key path as dotted names: ``{'w': [a, b]}``'s second leaf is ``w.1``."""
+    parts = []
+    for key in path:
+        for attr in ("key", "idx", "name"):
+            if hasattr(key, attr):
+                parts.append(str(getattr(key, attr)))
+                break
+    return ".".join(parts)
+
+
+def _dotted_columns(name: str, tree: PyTree) -> dict[str, np.ndarray]:
+    """One column per element of each leaf of a pytree with a leading config axis."""
+    out = {}
+    for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+        leaf = np.asarray(leaf)
+        prefix = ".".join(filter(None, [name, _dotted(path)]))
+        for index in np.ndindex(leaf.shape[1:]):
+            out[".".join([prefix, *map(str, index)])] = leaf[(slice(None), *index)]
+    return out
 
 
 # --- NPZ helpers --------------------------------------------------------------------------------
