@@ -584,7 +584,11 @@ class _Config:
             raise TypeError(f"seed must be an integer, got {seed=}")
         if chunk_size is not None:
             inputs.positive_int("chunk_size", chunk_size)
-        ad_dtype = np.dtype(jnp.result_type(*jax.tree.leaves(x)))
+        # The least precise leaf sets the tolerance, and its rounding is measured.
+        ad_dtype = max(
+            (np.dtype(leaf.dtype) for leaf in jax.tree.leaves(x)),
+            key=lambda dtype: np.finfo(dtype).eps,
+        )
         n = sum(leaf.size for leaf in jax.tree.leaves(x))
         return cls(
             order=order,

@@ -97,3 +97,15 @@ def test_assert_grads_close_judges_in_the_input_dtype(kind):
         else:
             with pytest.raises(AssertionError, match=r"index \(2,\)[\s\S]*\(float64\)"):
                 check.assert_grads_close(f, make(), modes=("rev",))
+
+
+def test_a_mixed_pytree_is_judged_by_its_least_precise_leaf():
+    """float64 NumPy beside float32 leaves: the float32 leaf's rounding is measured, not failed
+    against float64's rtol."""
+
+    def f(p):
+        return 1e3 * jnp.sum(jnp.exp(jnp.sin(3 * p["a"]))) + jnp.sum(jnp.cos(p["b"]))
+
+    p = {"a": jnp.linspace(-1.0, 1.0, 50, dtype=jnp.float32), "b": np.linspace(0.0, 1.0, 5)}
+    report = check.check_grads(f, p, modes=("rev",))
+    assert (report.ok, report.ad_dtype) == (True, "float32"), str(report)
