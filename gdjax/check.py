@@ -248,8 +248,10 @@ def check_grads(
     ``report.detection_floor`` is this bound computed from the check's own entries, the largest
     over the coordinates whose :math:`|\\partial_i f|` is at least the median
     (``report.floor_at`` names the one); a passing report says that smaller errors could hide.
-    A coordinate with a smaller gradient has a floor larger in proportion. Lower ``rtol``, or
-    raise ``n_directions``, to lower it.
+    A coordinate with a smaller gradient has a floor larger in proportion. To lower it, lower
+    ``rtol``, or check every coordinate (``full_threshold`` at least the size of ``x``: six
+    evaluations of ``f`` per coordinate); more ``n_directions`` shrink the blocks but also meet
+    more large block sums, and help little.
 
     A function that cannot be traced (Python control flow on values, ``if x > 0:``, in ``f`` or
     in its custom rule) is checked as ``jax.test_util.check_grads`` checks it: autodiff runs op
@@ -860,8 +862,9 @@ class _Problem:
             notes.append(
                 f"detection floor {floor:.1e} (at x{floor_leaf} index {floor_index}): a relative "
                 "error above it in any one coordinate whose |gradient| is at least the median "
-                "would fail this check; a smaller one could hide (lower rtol, or in directions "
-                "mode raise n_directions, to lower it)"
+                "would fail this check; a smaller one could hide (to lower the floor, lower rtol; "
+                "in directions mode, raise full_threshold above the size of x to check every "
+                "coordinate, at 6 evaluations of f per coordinate)"
             )
         leaf, index = self.locate(candidate.flat_index)
         return GradCheckReport(
