@@ -164,3 +164,13 @@ def test_npz_round_trip_is_exact_and_history_optional(tmp_path):
     (tmp_path / "cut.npz").write_bytes((tmp_path / "all.npz").read_bytes()[:200])
     with pytest.raises(ValueError, match=r"cut.npz' is not a gdjax sweep .npz file"):
         gdjax.load(tmp_path / "cut.npz")
+
+
+def test_npz_stores_a_step_row_shared_by_every_config_once(tmp_path):
+    res = handmade()
+    step = np.broadcast_to(np.arange(5), (len(res), 5))  # how a sweep shares one row of steps
+    shared = SweepResult(**{**res.__dict__, "history": res.history._replace(step=step)})
+    shared.to_npz(tmp_path / "shared.npz")
+    back = gdjax.load(tmp_path / "shared.npz").history.step
+    np.testing.assert_array_equal(back, step)
+    assert back.strides[0] == 0 and not back.flags.writeable
