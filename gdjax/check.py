@@ -401,6 +401,8 @@ class _Bound:
     (Python control flow on values), under the same jitted, vmapped kernels.
     """
 
+    __hash__ = None  # holds arrays: no cache may key on it (and keep them alive)
+
     def __init__(self, f, has_aux: bool, args: tuple, eager: bool = False):
         self.f, self.has_aux, self.args, self.eager = f, has_aux, args, eager
 
