@@ -158,7 +158,9 @@ class SweepResult:
       steps: updates applied.
       diverged_at: the step whose update produced a non-finite value, or -1.
       history: the decimated :class:`gdjax.engine.History`, every field with a leading config axis
-        (``history.step`` is ``(C, R)``: configs with different batch sizes record at different
+        (``history.step`` is ``(C, R)``; where every config records at the same steps, as in
+        any sweep without a ``batch_size`` axis, it is one row stored once, a read-only
+        ``np.broadcast_to`` view; configs with different batch sizes record at different
         steps); ``None`` when read back from CSV.
       aux: with ``has_aux=True``, each config's auxiliary output at its final parameters (a
         pytree with a leading config axis); else ``None``. Not written to CSV or JSON.

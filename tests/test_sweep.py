@@ -351,7 +351,7 @@ def test_chunks_and_resume_after_interruption(tmp_path, monkeypatch):
               checkpoint=tmp_path, **kw)
 
 
-def test_memory_budget_sets_chunks_and_progress_shows(capsys, monkeypatch):
+def test_chunks_and_progress_shows(capsys, monkeypatch):
     chunks = []
     run_chunk = runner.run_chunk
     monkeypatch.setattr(runner, "run_chunk",
@@ -359,8 +359,8 @@ def test_memory_budget_sets_chunks_and_progress_shows(capsys, monkeypatch):
                         or run_chunk(v, *a, **k))
     lrs = np.linspace(0.1, 0.3, 40)
     res = sweep(bowl, np.float32([1.0]), "sgd", grid={"learning_rate": lrs}, steps=20,
-                memory_budget=2_000, progress=True)  # a few hundred bytes per config
-    assert chunks == [16, 16, 16]  # the budget allows fewer than 16: the smallest chunk is used
+                chunk_size=10, progress=True)  # (tests/test_memory.py: chunks from the budget)
+    assert chunks == [16, 16, 16]  # the smallest chunk is 16 configs
     shown = capsys.readouterr()
     assert "3/3 chunks" in shown.err and shown.out == ""  # on stderr: stdout stays clean
     whole = sweep(bowl, np.float32([1.0]), "sgd", grid={"learning_rate": lrs}, steps=20)

@@ -54,7 +54,7 @@ __all__ = ["HISTORY_BYTES", "LogUniform", "Uniform", "starts_grid", "sweep"]
 PyTree = Any
 
 DEFAULT_MEMORY_BUDGET = 1 << 30
-"""Bytes one chunk of configs may use per device (1 GiB), by a rough estimate per config."""
+"""Bytes a whole sweep may hold (1 GiB): its result, grid and chunk in flight."""
 
 HISTORY_BYTES = 64 << 20
 """What the default history (loss and gradient norm) of a whole sweep may hold: 64 MiB."""
@@ -123,10 +123,14 @@ def sweep(
       eval_fn: ``params -> pytree of scalars`` recorded in ``history.metrics`` (e.g. test accuracy).
       chunk_size: configs per chunk (per device at least 16, a multiple of 8); by default as
         many as keep each device's working set near :data:`gdjax.sweep.runner.CACHE_BYTES`,
-        within ``memory_budget``.
-      memory_budget: bytes one chunk may use per device, by a rough estimate per config: its
-        outputs (history included) plus the loop's working set (copies of parameters and
-        optimiser state; batch indices and batches for ``fit``-style sweeps).
+        fewer where ``memory_budget`` needs it.
+      memory_budget: a ceiling, in bytes, on what the sweep holds at its peak: the result and
+        its history and the grid on the host, and for the chunk in flight the compiled
+        program's arguments, outputs and temporaries (the objective's intermediates included)
+        as XLA reports them, on all devices together, and its outcome on the host. Chunks are
+        made small enough; a sweep that cannot fit (its result alone, or the smallest chunk)
+        is a ``ValueError`` before any chunk runs. Not counted: the JAX runtime, compiling,
+        and the caller's own arrays (``x0``, ``data``) outside the program.
       progress: show a progress bar over chunks; by default only when there are several chunks.
       checkpoint: a directory: each finished chunk is saved there (``.npz`` carrying the sweep's
         fingerprint, its config range and a sha256) beside ``manifest.json``; the same call with

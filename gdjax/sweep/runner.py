@@ -26,9 +26,15 @@ from gdjax.sweep import program
 PyTree = Any
 
 describe = checkpoint_.describe  # (what gdjax.sweep calls)
+_run = program.run  # (the jitted program, for its memory figures, however tests wrap it)
 
 CACHE_BYTES = 64 << 20
 """Working set of one chunk per device by default (64 MiB; the memory budget caps it too)."""
+
+TEMP_MARGIN = 1.5
+"""What the temporaries XLA reports for a program are counted at: XLA:CPU's peak passes its
+report by a third to a half (one to three more of the objective's intermediates: glibc's heap
+keeps freed blocks, and threads overlap buffers), measured with tests/test_memory.py's sweep."""
 
 COMPACT_MIN = 1024
 """The smallest batch (per device) that compaction makes: below it a step costs XLA:CPU its
@@ -47,24 +53,18 @@ def run_groups(
     describe: Mapping[str, Any],
     compact: bool = True,
 ) -> engine.Result:
-    """Run every group (one per batch size) in chunks; outcomes gathered in config order."""
+    """Run every group (one per batch size) in chunks; outcomes gathered in config order.
+
+    Raises:
+      ValueError: the sweep cannot keep within ``memory_budget`` (see :func:`plan`), before
+        any chunk runs.
+    """
     mesh = groups[0][0].mesh
-    devices = mesh.size
-    plans = []
-    shapes_of = []
-    for static, idx in groups:
-        shapes = program.shapes_of(static, varying, shared)
-        shapes_of.append(shapes)
-        if chunk_size is None:
-            out, work = shapes.out_bytes, shapes.work_bytes
-            per_device = min(memory_budget // (out + work), CACHE_BYTES // work)
-        else:
-            per_device = -(-chunk_size // devices)
-        size = _per_device(min(per_device, -(-len(idx) // devices))) * devices
-        chunks = -(-len(idx) // size)
-        # as many chunks, evened out: the last one is not mostly padding
-        size = _per_device(-(-len(idx) // (chunks * devices))) * devices
-        plans.append((static, idx, size, chunks))
+    shared_on_devices = program.put(shared, NamedSharding(mesh, P()))
+    by_config = NamedSharding(mesh, P(program.AXIS))
+    shapes_of = [program.shapes_of(static, varying, shared) for static, _ in groups]
+    plans = plan(groups, shapes_of, varying, shared_on_devices, by_config,
+                 chunk_size=chunk_size, memory_budget=memory_budget)
     store = None
     if checkpoint is not None:
         store = checkpoint_.Checkpoint(
@@ -75,8 +75,6 @@ def run_groups(
         )
     total = sum(chunks for *_, chunks in plans)
     show = (total > 1 if progress is None else bool(progress)) and jax.process_index() == 0
-    shared_on_devices = program.put(shared, NamedSharding(mesh, P()))
-    by_config = NamedSharding(mesh, P(program.AXIS))
     results = []
     with _progress_bar(show, total) as advance:
         for g, (static, idx, size, chunks) in enumerate(plans):
@@ -87,6 +85,139 @@ def run_groups(
     if len(results) == 1:
         return results[0]
     return _gather_groups(results, [idx for _, idx in groups])
+
+
+def plan(
+    groups: list[tuple[program.Static, np.ndarray]],
+    shapes_of: list[program.Shapes],
+    varying: PyTree,
+    shared: PyTree,
+    by_config: NamedSharding,
+    *,
+    chunk_size: int | None,
+    memory_budget: int,
+) -> list[tuple[program.Static, np.ndarray, int, int]]:
+    """``(static, configs, chunk size, chunks)`` per group, within ``memory_budget``.
+
+    What a sweep holds at its peak, all counted against the budget: on the host, the grid and
+    the whole result (``history.step`` once per group), with several groups that result twice
+    while they are gathered; for the chunk in flight, the compiled program's arguments, outputs
+    and temporaries as XLA reports them (:func:`program_bytes`, on every device) and the
+    chunk's outcome fetched to the host. By default a group's chunk is as large as keeps a
+    device's working set near :data:`CACHE_BYTES`, then smaller until it fits: XLA's figures
+    at one size give the bytes per config, and the size they allow is compiled and checked
+    again (the program that runs: a sweep that fits compiles nothing more).
+
+    Raises:
+      ValueError: the result alone, or the smallest chunk (or ``chunk_size``'s), would pass
+        ``memory_budget``: the bytes needed and what to change.
+    """
+    devices = by_config.mesh.size
+    count = sum(len(idx) for _, idx in groups)
+    records = [len(engine.record_steps(static.steps, static.record_every))
+               for static, _ in groups]
+    per_config = [shapes.out_bytes - 4 * r for shapes, r in zip(shapes_of, records, strict=True)]
+    held = _nbytes(varying) + sum(len(idx) * b for (_, idx), b in zip(groups, per_config,
+                                                                      strict=True))
+    if len(groups) > 1:  # gathered into one result (history.step per config, padded)
+        held += count * (max(per_config) + 4 * max(records)) + 4 * sum(records)
+    else:
+        held += 4 * records[0]
+    if held > memory_budget:
+        raise ValueError(
+            f"memory_budget={memory_budget} bytes cannot hold this sweep's result: {count} "
+            f"configs x {max(records)} history records need {held} bytes on the host before "
+            "any chunk runs; record less history (a larger record_every, record_params=False), "
+            f"sweep fewer configs, or raise memory_budget to at least {held}"
+        )
+    plans = []
+    for (static, idx), shapes in zip(groups, shapes_of, strict=True):
+        fetched = shapes.out_bytes  # a chunk's outcome on the host, per config
+        sizes = {}  # size -> bytes the chunk in flight holds
+
+        def need(size, static=static, fetched=fetched, sizes=sizes):
+            if size not in sizes:
+                sizes[size] = (program_bytes(static, varying, shared, size, by_config)
+                               + size * fetched)
+            return sizes[size]
+
+        room = memory_budget - held
+        smallest = _even(len(idx), 16, devices)
+        if chunk_size is not None:
+            size = _even(len(idx), -(-chunk_size // devices), devices)
+        else:
+            size = _even(len(idx), CACHE_BYTES // shapes.work_bytes, devices)
+            tried = []
+            while need(size) > room and size > smallest:
+                # bytes grow linearly with the chunk: a line through the last two sizes tried
+                # (through 0 from the first), then the largest size under it, 8 per device less
+                tried.append(size)
+                lo, hi = (0, tried[0]) if len(tried) == 1 else sorted(tried[-2:])
+                slope = max(1.0, (need(hi) - (need(lo) if lo else 0)) / (hi - lo))
+                fits = (room - need(hi)) / slope + hi
+                per_device = min(int(fits) // devices, size // devices - 8) // 8 * 8
+                size = _even(len(idx), max(16, per_device), devices)
+        if need(size) > room:
+            what = (f"chunk_size={chunk_size} ({size} configs a chunk)" if chunk_size is not None
+                    else f"even the smallest chunk ({size} configs)")
+            fix = ("a smaller chunk_size, " if chunk_size is not None and size > smallest
+                   else "")
+            raise ValueError(
+                f"memory_budget={memory_budget} bytes is too small for {what}: running it "
+                f"needs {need(size)} bytes (the compiled program's arguments, outputs and "
+                f"temporaries as XLA reports them, and its outcome on the host) beside the "
+                f"{held} bytes the result and grid hold; use {fix}an objective with smaller "
+                f"intermediates, fewer configs or less history, or raise memory_budget to at "
+                f"least {held + need(size)}"
+            )
+        plans.append((static, idx, size, -(-len(idx) // size)))
+    return plans
+
+
+def program_bytes(static: program.Static, varying: PyTree, shared: PyTree, size: int,
+                  by_config: NamedSharding) -> int:
+    """Bytes :func:`gdjax.sweep.program.run` holds for a chunk of ``size`` configs on all its
+    devices together: arguments, outputs and temporaries (those times :data:`TEMP_MARGIN`), as
+    XLA reports them for the compiled program (compiled here once; the chunks then run it from
+    jit's cache). Where the backend reports nothing, the rough working set of
+    :class:`gdjax.sweep.program.Shapes`."""
+    key = (static, size, by_config, jax.tree.structure(varying), jax.tree.structure(shared),
+           *(jax.typeof(a).update(shape=np.shape(a)[1:]) for a in jax.tree.leaves(varying)),
+           *(jax.typeof(a) for a in jax.tree.leaves(shared)))
+    if key in _program_bytes:
+        return _program_bytes[key]
+    chunk = jax.tree.map(
+        lambda a: jax.ShapeDtypeStruct((size, *np.shape(a)[1:]), a.dtype,
+                                       sharding=None if by_config.num_devices == 1 else by_config),
+        varying,
+    )
+    stats = _run.lower(chunk, shared, np.int32(0), static).compile().memory_analysis()
+    if stats is None:
+        out = size * program.shapes_of(static, varying, shared).work_bytes
+    else:
+        per_device = (stats.argument_size_in_bytes + stats.output_size_in_bytes
+                      + TEMP_MARGIN * stats.temp_size_in_bytes - stats.alias_size_in_bytes)
+        out = by_config.num_devices * int(per_device)
+    if len(_program_bytes) >= 64:
+        _program_bytes.clear()
+    _program_bytes[key] = out
+    return out
+
+
+# (a repeated 16-config sweep takes 0.6 ms with it, 2 ms lowering the program again)
+_program_bytes: dict[tuple, int] = {}
+
+
+def _even(count: int, per_device: int, devices: int) -> int:
+    """The chunk size for ``count`` configs at most ``per_device`` a device (see
+    :func:`_per_device`), evened out over as many chunks: the last one is not mostly padding."""
+    size = _per_device(min(per_device, -(-count // devices))) * devices
+    chunks = -(-count // size)
+    return _per_device(-(-count // (chunks * devices))) * devices
+
+
+def _nbytes(tree: PyTree) -> int:
+    return sum(np.asarray(a).nbytes for a in jax.tree.leaves(tree))
 
 
 def _run_group(
@@ -103,7 +234,11 @@ def _run_group(
     advance: Callable[[], None],
     compact: bool,
 ) -> engine.Result:
-    """The chunks of one group, one after another."""
+    """The chunks of one group, one after another.
+
+    ``history.step`` is the same for every config of a group: it is kept once, seen as
+    ``(configs, records)`` through a read-only broadcast view.
+    """
     out = None
     for k in range(chunks):
         lo, hi = k * size, min((k + 1) * size, len(idx))
@@ -121,6 +256,7 @@ def _run_group(
             )
             if store is not None:
                 store.save(f"g{g}-c{k}", part)
+        part = _without_steps(part)
         if chunks == 1:
             out = part  # the whole group: nothing to assemble
         else:
@@ -128,7 +264,13 @@ def _run_group(
                 out = jax.tree.map(lambda a: np.empty((idx.size, *a.shape[1:]), a.dtype), part)
             jax.tree.map(lambda o, a, at=slice(lo, hi): o.__setitem__(at, a), out, part)
         advance()
-    return out
+    steps = engine.record_steps(static.steps, static.record_every)
+    return out._replace(history=out.history._replace(
+        step=np.broadcast_to(steps, (idx.size, steps.size))))
+
+
+def _without_steps(r: engine.Result) -> engine.Result:
+    return r._replace(history=r.history._replace(step=None))
 
 
 def run_chunk(varying: PyTree, shared: PyTree, static: program.Static, shapes: program.Shapes,
@@ -158,7 +300,8 @@ def run_chunk(varying: PyTree, shared: PyTree, static: program.Static, shapes: p
     if unit >= units or running == 0:
         if replays == 0:
             return result  # the common case: one program
-    else:
+    del result  # (what follows makes its own)
+    if unit < units and running > 0:
         every = (*axes, *(0,) * len(jax.tree.leaves(buffer)))  # the carry's, the buffer's axes
         full, rows = (carry, buffer), np.arange(batch)
         while unit < units and running > 0:
@@ -199,23 +342,33 @@ def _per_device(size: int) -> int:
 
 
 def _gather_groups(results: list[engine.Result], indices: list[np.ndarray]) -> engine.Result:
-    """Groups back in config order; shorter histories padded with their final record."""
+    """Groups back in config order, each group's result dropped once copied (``results`` is
+    emptied); shorter histories padded with their final record. ``history.step`` differs per
+    config only where the groups record at different steps."""
     records = max(r.history.step.shape[1] for r in results)
-
-    def pad(r):
-        history = jax.tree.map(
-            lambda a: np.pad(a, [(0, 0), (0, records - a.shape[1])] + [(0, 0)] * (a.ndim - 2),
-                             mode="edge"),
-            r.history,
-        )
-        return r._replace(history=history)
-
-    results = [pad(r) for r in results]
     count = sum(len(i) for i in indices)
-    out = jax.tree.map(lambda a: np.empty((count, *a.shape[1:]), a.dtype), results[0])
-    for r, idx in zip(results, indices, strict=True):
-        jax.tree.map(lambda o, a, idx=idx: o.__setitem__(idx, a), out, r)
-    return out
+    first = _without_steps(results[0])
+    out = jax.tree.map(lambda a: np.empty((count, *a.shape[1:]), a.dtype),
+                       first._replace(history=None))
+    history = jax.tree.map(lambda a: np.empty((count, records, *a.shape[2:]), a.dtype),
+                           first.history)
+    rows = []
+    for g, idx in enumerate(indices):
+        r, results[g] = results[g], None
+        step = r.history.step[0]
+        rows.append(np.pad(step, (0, records - step.size), mode="edge"))
+        r = _without_steps(r)
+        jax.tree.map(lambda o, a, idx=idx: o.__setitem__(idx, a), out, r._replace(history=None))
+        for o, a in zip(jax.tree.leaves(history), jax.tree.leaves(r.history), strict=True):
+            o[idx, :a.shape[1]] = a
+            o[idx, a.shape[1]:] = a[:, -1:]
+    if all(np.array_equal(row, rows[0]) for row in rows):
+        step = np.broadcast_to(rows[0], (count, records))
+    else:
+        step = np.empty((count, records), rows[0].dtype)
+        for row, idx in zip(rows, indices, strict=True):
+            step[idx] = row
+    return out._replace(history=history._replace(step=step))
 
 
 class _progress_bar:
