@@ -554,6 +554,9 @@ def run_sweep(args: argparse.Namespace) -> int:
     report.table(res.table(top=args.top))
     summary = _sweep_summary(res)
     report.line(_best_line(summary))
+    if args.tol is None and summary["counts"]["converged"] == 0:
+        report.line("(no --tol: a run stops only after --steps, so none reads 'converged'; "
+                    "--tol TOL stops each run once its gradient norm is <= TOL)")
     files = _write_sweep(res, f, args.out, "sweep", plots=not args.no_plots, report=report,
                          history=args.history, table=args.csv)
     doc = {"function": args.function, "optimizer": args.optimizer, "steps": args.steps,

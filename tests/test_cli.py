@@ -154,6 +154,29 @@ def test_demo_reproduces_the_seed_and_writes_its_files(demo):
     assert np.array_equal(results.load(out / "lr_sweep.csv").loss, swept.loss)
 
 
+def test_demo_no_plots_draws_nothing(gdjax_cli, monkeypatch, tmp_path):
+    """The demo's work shrunk (two optimisers, five steps, six configs, one check): what is
+    tested is that --no-plots reaches every picture."""
+    def drawing(*args, **kwargs):
+        raise AssertionError("a picture was drawn under --no-plots")
+
+    for name in ("trajectories", "loss_curves", "loss_vs_learning_rate", "basin_map"):
+        monkeypatch.setattr(cli.plot, name, drawing)
+    race = cli._race
+    monkeypatch.setattr(cli, "_race", lambda report, f, x0, names, **kw: race(
+        report, f, x0, names[:2], learning_rate=1e-3, steps=5))
+    sweep = cli.sweep
+    monkeypatch.setattr(cli, "sweep", lambda f, x0, opt, grid, **kw: sweep(
+        f, x0, opt, grid={"learning_rate": grid["learning_rate"][::16], "x0": grid["x0"][:2]},
+        **kw))
+    check = [{"function": "sphere", "at": "(0)", "ok": True, "verdict": "ok",
+              "rel_error": "0"}]
+    monkeypatch.setattr(cli, "_demo_gradient_checks", lambda report: check)
+    code, _, stderr = gdjax_cli("demo", "--no-plots", "--out", tmp_path, "--json")
+    assert code == 0, stderr
+    assert (tmp_path / "lr_sweep.npz").exists() and not list(tmp_path.glob("*.png"))
+
+
 # --- help, and a test for every option --------------------------------------------------------
 
 
@@ -183,7 +206,7 @@ def test_race_help_states_the_learning_rates_it_tunes_on(gdjax_cli):
 COVERED = {
     "demo": {"--out": "test_demo_reproduces_the_seed_and_writes_its_files",
              "--json": "test_demo_reproduces_the_seed_and_writes_its_files",
-             "--no-plots": None,  # the demo is too slow to run twice: see the report of issue 16
+             "--no-plots": "test_demo_no_plots_draws_nothing",
              "--debug": "test_an_internal_error_is_exit_3_with_the_traceback_under_debug"},
     "sweep": {
         "--optimizer": "test_sweep_optimizer_and_hp_are_the_ones_minimize_runs",
@@ -259,6 +282,7 @@ def test_sweep_prints_a_top_table_and_the_best_and_writes_compact_files(gdjax_cl
                                      "100", "--top", "4", "--out", out)
     assert code == 0, stderr
     assert "18 configs" in stdout and "best: config" in stdout
+    assert "no --tol: a run stops only after --steps" in stdout
     assert len(table_rows(stdout)) == 4
     res = results.load(out / "sweep.npz")
     assert len(res) == 18 and res.history is None  # no --history: final outcomes only
