@@ -226,6 +226,14 @@ def objective(name: str) -> Any:
 # Output: progress on stderr, tables and JSON on stdout.
 
 
+class StdoutConsole(Console):
+    """A rich console for stdout whose closed pipe is a ``BrokenPipeError`` for :func:`main`
+    (rich's own handling exits with status 1, which means a wrong gradient here)."""
+
+    def on_broken_pipe(self) -> None:
+        raise BrokenPipeError(32, "stdout was closed")
+
+
 class Reporter:
     """Progress bars on stderr (when it is a terminal), tables on stdout; nothing but the JSON
     document under ``--json``."""
@@ -233,7 +241,7 @@ class Reporter:
     def __init__(self, as_json: bool):
         self.as_json = as_json
         # Piped output keeps wide tables whole instead of folding them at 80 columns.
-        self.out = Console(highlight=False, width=None if sys.stdout.isatty() else 160)
+        self.out = StdoutConsole(highlight=False, width=None if sys.stdout.isatty() else 160)
         self.err = Console(stderr=True, highlight=False)
 
     @contextlib.contextmanager
@@ -438,7 +446,7 @@ def run_check(args: argparse.Namespace) -> int:
                           **dataclasses.asdict(report), "report": str(report)},
                          indent=2, default=_json_default))
     else:
-        out = Console(highlight=False, soft_wrap=True)  # the report's lines stay whole
+        out = StdoutConsole(highlight=False, soft_wrap=True)  # the report's lines stay whole
         out.print(f"{args.target} at {where}, {x.dtype}:")
         out.print(str(report), markup=False)
         out.print("[green]gradient OK[/green]" if report.ok

@@ -524,9 +524,11 @@ class ClosedPipe(io.StringIO):
         raise BrokenPipeError(32, "Broken pipe")
 
 
-def test_a_closed_stdout_ends_quietly(gdjax_cli, monkeypatch):
+@pytest.mark.parametrize("argv", [("check", "sphere", "--json"), ("check", "sphere")])
+def test_a_closed_stdout_ends_quietly(gdjax_cli, monkeypatch, argv):
+    """Printed JSON and rich's printing (which by itself would exit with 1) alike."""
     monkeypatch.setattr(sys, "stdout", ClosedPipe())
-    code, _, stderr = gdjax_cli("check", "sphere", "--json")
+    code, _, stderr = gdjax_cli(*argv)
     assert code == 141 and stderr == ""
 
 
