@@ -235,8 +235,8 @@ class StdoutConsole(Console):
 
 
 class Reporter:
-    """Progress bars on stderr (when it is a terminal), tables on stdout; nothing but the JSON
-    document under ``--json``."""
+    """Progress bars on stderr (when it is a terminal, also under ``--json``), tables on stdout;
+    nothing on stdout but the JSON document under ``--json``."""
 
     def __init__(self, as_json: bool):
         self.as_json = as_json
@@ -253,7 +253,7 @@ class Reporter:
         progress = Progress(
             SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
             TextColumn("{task.completed}/{task.total}" if total else ""), TimeElapsedColumn(),
-            console=self.err, disable=self.as_json or not self.err.is_terminal,
+            console=self.err, disable=not self.err.is_terminal,
         )
         with progress:
             task = progress.add_task(description, total=total or 1)
@@ -552,8 +552,9 @@ def run_sweep(args: argparse.Namespace) -> int:
         x0 = np.random.default_rng(0).uniform(lo, hi).astype(x0.dtype)
         report.note(f"the start is drawn uniformly in --box {_g(lo[0])}:{_g(hi[0])} in "
                     f"{x0.size} dimensions (seed 0): {format_value(x0)}; give --x0 to choose it")
-    # the sweep's own bar: chunks done, elapsed and remaining time, on stderr when it is a terminal
-    show = not args.json and report.err.is_terminal
+    # the sweep's own bar (chunks done, elapsed and remaining time) whenever stderr is a
+    # terminal, --json or not: the JSON document goes to stdout
+    show = report.err.is_terminal
     with _library_arguments():
         res = sweep(f, x0, args.optimizer, grid=grid, zip_axes=zipped, steps=args.steps,
                     tol=args.tol, record_every=args.record_every, checkpoint=args.checkpoint,

@@ -314,6 +314,18 @@ def test_sweep_history_record_every_csv_and_checkpoint(gdjax_cli, tmp_path):
     assert code == 2 and "checkpoint" in stderr.lower(), stderr
 
 
+def test_sweep_progress_goes_to_a_terminal_stderr_also_with_json(gdjax_cli, monkeypatch,
+                                                                  tmp_path):
+    monkeypatch.setattr(cli.Console, "is_terminal", property(lambda console: console.stderr))
+    asked = []
+    sweep = cli.sweep
+    monkeypatch.setattr(cli, "sweep", lambda *a, progress, **kw: asked.append(progress) or sweep(
+        *a, progress=False, **kw))
+    code, stdout, stderr = gdjax_cli("sweep", "sphere", "--lr", "0.1", "--steps", "2", "--json",
+                                     "--no-plots", "--out", tmp_path)
+    assert code == 0 and asked == [True] and json.loads(stdout)["configs"] == 1, stderr
+
+
 def test_sweep_optimizer_and_hp_are_the_ones_minimize_runs(gdjax_cli, tmp_path):
     code, stdout, stderr = gdjax_cli("sweep", "rosenbrock", "--optimizer", "momentum", "--hp",
                                      "momentum=0.5", "--lr", "1e-3", "--steps", "5", "--json",
