@@ -708,7 +708,8 @@ def load(path: str | os.PathLike) -> SweepResult:
         return SweepResult.from_json(path)
     if ext == ".csv":
         return SweepResult.from_csv(path)
-    raise ValueError(f"path must end in .json or .csv (or .npz), got path={os.fspath(path)!r}")
+    raise ValueError(f"path must end in .json or .csv, got path={os.fspath(path)!r} (or in "
+                     ".npz, the binary format of to_npz)")
 
 
 # --- CSV helpers --------------------------------------------------------------------------------
