@@ -833,7 +833,8 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=_EPILOG_SWEEP, formatter_class=raw,
         description=_wrap(
             "Run an optimiser on a grid of learning rates, starting points and seeds; print the "
-            "results table and the best config; write CSV, JSON and plots."
+            "results table and the best config; write the arrays (.npz), a JSON summary and "
+            "plots."
         ),
     )
     sweep.add_argument("function", nargs="?", default="rosenbrock",
