@@ -28,6 +28,7 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 from jax.flatten_util import ravel_pytree
 
@@ -213,6 +214,7 @@ def hessian_top_eigenvalue(
     """
     num_iters = inputs.positive_int("num_iters", num_iters)
     _check_positive("tol", tol)
+    _check_seed(seed)
     with inputs.precision(x):
         return _top_eigenvalue(f, _point(f, x), num_iters, tol, seed)
 
@@ -303,6 +305,7 @@ def hutchinson_trace(
         19(2), 1990.
     """
     num_samples = inputs.positive_int("num_samples", num_samples)
+    _check_seed(seed)
     with inputs.precision(x):
         return _trace(f, _point(f, x), num_samples, seed)
 
@@ -407,6 +410,7 @@ def epsilon_sharpness(
     _check_positive("epsilon", epsilon)
     ascent_steps = inputs.positive_int("ascent_steps", ascent_steps)
     num_starts = inputs.positive_int("num_starts", num_starts)
+    _check_seed(seed)
     with inputs.precision(x):
         x = _point(f, x)
         n = sum(leaf.size for leaf in jax.tree.leaves(x))
@@ -496,6 +500,19 @@ def _box_ascent(h, u, h_zero, steps):
     return keep_best(best, u, h(u))
 
 
+def _check_seed(seed: Any) -> None:
+    """``TypeError`` unless ``seed`` is an integer (a Python or NumPy int, or an integer array
+    of shape ``()``, traced or not)."""
+    if isinstance(seed, bool):
+        raise TypeError(f"seed must be an integer, got seed={seed!r}")
+    if isinstance(seed, int | np.integer):
+        return
+    dtype = getattr(seed, "dtype", None)
+    if dtype is not None and jnp.issubdtype(dtype, jnp.integer) and np.ndim(seed) == 0:
+        return
+    raise TypeError(f"seed must be an integer, got seed={seed!r} of type {type(seed).__name__}")
+
+
 def interpolate(
     f: Callable[[PyTree], jax.Array],
     x_a: PyTree,
@@ -538,6 +555,10 @@ def interpolate(
         x_a = _point(f, x_a, "x_a")
         x_b = inputs.float_params("x_b", x_b)
         _check_same_shapes("x_b", x_b, "x_a", x_a)
+        if alphas is not None and not isinstance(alphas, jax.core.Tracer):
+            kind = np.asarray(alphas).dtype.kind
+            if kind not in "fiu":
+                raise TypeError(f"alphas must be real numbers, got alphas={alphas!r}")
         alphas = jnp.linspace(-1.0, 2.0, 61) if alphas is None else jnp.asarray(alphas)
         if alphas.ndim != 1:
             raise ValueError(f"alphas must be a 1-D array, got alphas with shape {alphas.shape}")
