@@ -1,6 +1,5 @@
 """Gradient checks: wrong rules caught and located, right ones passed, kinks and NaNs named."""
 
-import time
 
 import jax
 import jax.numpy as jnp
@@ -193,16 +192,13 @@ def test_non_finite_value_and_gradient_are_reported():
 def test_a_wrong_coordinate_of_a_100000_dimensional_function_is_located():
     n, wrong = 100_000, 77_777
     f, x = custom_sin_times_x(wrong_at=wrong), jnp.linspace(-1.0, 1.0, n)
-    start = time.perf_counter()
-    report = check_grads(f, x)
-    seconds = time.perf_counter() - start
+    report = check_grads(f, x)  # about 1 s on 2 cores: benchmarks/bench_check.py times it
     assert (report.mode, report.kind, report.index) == ("directions", "wrong gradient", (wrong,))
     xi = float(x[wrong])
     right = np.sin(xi) + xi * np.cos(xi)
     # f sums 100,000 terms, so the rounding of its values dominates the estimated error.
     assert abs(report.finite_diff - right) <= report.fd_error < 1e-5
     assert "localised by bisection" in str(report)
-    assert seconds < 10  # about 1 s on 2 cores; see benchmarks/bench_check.py
     assert check_grads(custom_sin_times_x(), x).ok
 
 
