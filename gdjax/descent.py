@@ -195,8 +195,11 @@ def minimize(
         ``aux`` at the final parameters.
       divergence: a run has diverged once its loss is non-finite or passes
         ``f(x0) + divergence * max(|f(x0)|, 1)`` (on a quadratic of curvature ``L``, SGD at
-        ``lr * L = 2.02`` passes the default ``1e4`` within 240 steps); ``None``: only a
-        non-finite loss.
+        ``lr * L = 2.02`` passes the default ``1e4`` within 250 steps); ``None``: only a
+        non-finite loss. Every evaluated step is checked (with ``tol``, ``ftol`` or
+        ``record_every=1``); otherwise the end of each segment of 256 steps is, and a loss that
+        passes the limit and falls back within one segment is missed (Adam at a huge rate can
+        do that): ask for ``record_every=1`` to see every step.
       **hyperparameters: other hyperparameters of a named optimiser (``momentum``, ``b1``...),
         or of an ``inject_hyperparams`` transformation.
 
