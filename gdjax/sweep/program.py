@@ -373,10 +373,3 @@ def shapes_of(static: Static, varying: PyTree, shared: PyTree) -> Shapes:
         tuple((np.shape(a), np.dtype(a.dtype)) for a in s_leaves),
     )
 
-
-def callable_name(obj: Callable | None) -> str | None:
-    """A callable's module-qualified name (what a checkpoint's fingerprint can hold)."""
-    if obj is None or isinstance(obj, str):
-        return obj
-    qualname = getattr(obj, "__qualname__", type(obj).__name__)
-    return f"{getattr(obj, '__module__', '')}.{qualname}"
