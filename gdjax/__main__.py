@@ -1,6 +1,6 @@
 """``python -m gdjax``: the same as the ``gdjax`` command."""
 
-from gdjax.cli import main
+from gdjax.cli import entry
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(entry())

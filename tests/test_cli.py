@@ -113,11 +113,14 @@ def demo(tmp_path_factory, request):
         yield None
         return
     out = tmp_path_factory.mktemp("demo") / "out"
+    cache = out.parent / "xla-cache"
     proc = subprocess.Popen([*COMMAND, "demo", "--out", str(out), "--json"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "GDJAX_CACHE_DIR": str(cache)})
 
     class Demo:
         folder = out
+        cache_dir = cache
 
         @staticmethod
         def result():
@@ -142,6 +145,7 @@ def test_demo_reproduces_the_seed_and_writes_its_files(demo):
     assert race["adam"]["loss"] < 1e-6 and race["momentum"]["loss"] < 1e-6
     assert summary["lr_sweep"]["counts"]["diverged"] > 0  # the grid crosses 2/L = 1
     assert summary["lr_sweep"]["best"]["config"]["learning_rate"] < 1.0
+    assert any(demo.cache_dir.iterdir())  # the console script keeps its compiled programs
     assert len(summary["gradient_checks"]) >= 10
     assert all(r["ok"] for r in summary["gradient_checks"])
     assert summary["seconds"] > 0  # timed and reported (speed is measured in benchmarks/)
