@@ -32,6 +32,7 @@ import json
 import math
 import os
 import re
+import warnings
 import zipfile
 from collections.abc import Sequence
 from typing import Any, NamedTuple
@@ -564,10 +565,12 @@ class SweepResult:
 
         Arrays are stored with their dtype and shape; floats as ``repr`` numbers (shortest
         round-trip), non-finite ones as the strings ``"nan"``, ``"inf"``, ``"-inf"`` so the file
-        is standard JSON. Pytrees may nest dicts (str keys), lists and tuples of arrays.
+        is standard JSON. Pytrees may nest dicts (str keys), lists and tuples of arrays; any
+        other registered node (a NamedTuple, flax's ``FrozenDict``, an equinox module) is
+        written as its children keyed by name and read back as that dict, with a warning.
 
         Raises:
-          TypeError: a pytree holds another kind of node (e.g. a NamedTuple); convert it to a dict.
+          TypeError: a leaf that is not an array or number (a function in a module, say).
         """
         doc = {
             "format": _FORMAT,
@@ -904,10 +907,9 @@ def _npz_encode(tree: PyTree, arrays: dict[str, np.ndarray]) -> Any:
             return {"array": name, "rows": a.shape[0]}
         arrays[name] = a
         return {"array": name}
-    raise TypeError(
-        f"cannot write a pytree node of type {type(tree).__name__} to .npz; "
-        "use dicts, lists, tuples and arrays"
-    )
+    kind, children = _children(tree, ".npz")
+    return {"node": {"type": kind,
+                     "children": {k: _npz_encode(v, arrays) for k, v in children.items()}}}
 
 
 def _npz_decode(doc: Any, arrays: dict[str, np.ndarray]) -> PyTree:
@@ -919,6 +921,9 @@ def _npz_decode(doc: Any, arrays: dict[str, np.ndarray]) -> PyTree:
     if kind in ("list", "tuple"):
         items = [_npz_decode(v, arrays) for v in body]
         return items if kind == "list" else tuple(items)
+    if kind == "node":
+        return _as_dict(body["type"],
+                        {k: _npz_decode(v, arrays) for k, v in body["children"].items()})
     if "rows" in doc:  # a row shared by every config, stored once: a read-only view again
         row = arrays[body]
         return np.broadcast_to(row, (doc["rows"], *row.shape))
@@ -951,10 +956,33 @@ def _encode(tree: PyTree) -> Any:
             raise TypeError(f"cannot write an array of dtype {a.dtype} to JSON")
         dtype = a.dtype.str if a.dtype.kind == "U" else str(a.dtype)
         return {"array": {"dtype": dtype, "shape": list(a.shape), "data": data}}
-    raise TypeError(
-        f"cannot write a pytree node of type {type(tree).__name__} to JSON; "
-        "use dicts, lists, tuples and arrays"
-    )
+    kind, children = _children(tree, "JSON")
+    return {"node": {"type": kind, "children": {k: _encode(v) for k, v in children.items()}}}
+
+
+def _children(tree: PyTree, where: str) -> tuple[str, dict[str, PyTree]]:
+    """Another registered pytree node (a NamedTuple, flax's ``FrozenDict``, an equinox module):
+    its type's name and its children keyed by their path entry's name, which is how it is
+    written and read back (as a dict: the type itself is not rebuilt)."""
+    entries, _ = jax.tree_util.tree_flatten_with_path(tree, is_leaf=lambda x: x is not tree)
+    if not entries or (len(entries) == 1 and entries[0][1] is tree):
+        raise TypeError(
+            f"cannot write a leaf of type {type(tree).__name__} to {where}: only arrays, "
+            "numbers and pytrees of them (dicts, lists, tuples, registered nodes) are written"
+        )
+    children = {}
+    for path, child in entries:
+        (entry,) = path
+        key = getattr(entry, "name", getattr(entry, "key", getattr(entry, "idx", entry)))
+        children[str(key)] = child
+    kind = type(tree)
+    return f"{kind.__module__}.{kind.__qualname__}", children
+
+
+def _as_dict(kind: str, children: dict[str, PyTree]) -> dict[str, PyTree]:
+    warnings.warn(f"a pytree node of type {kind} is read back as a dict of its children "
+                  f"{sorted(children)} (the type itself is not rebuilt)", stacklevel=4)
+    return children
 
 
 def _float(v: float) -> float | str:
@@ -971,6 +999,8 @@ def _decode(doc: Any) -> PyTree:
         return [_decode(v) for v in body]
     if kind == "tuple":
         return tuple(_decode(v) for v in body)
+    if kind == "node":
+        return _as_dict(body["type"], {k: _decode(v) for k, v in body["children"].items()})
     dtype = np.dtype(body["dtype"])
     data = [float(v) for v in body["data"]] if dtype.kind == "f" else body["data"]
     return np.asarray(data, dtype=dtype).reshape(body["shape"])

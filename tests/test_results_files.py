@@ -2,7 +2,10 @@
 cut short, emptied or edited is an error that names it (issue 15's CSV and JSON cases)."""
 
 import json
+from typing import NamedTuple
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -125,3 +128,42 @@ def test_statuses_reload_as_a_status_array(tmp_path, ext):
     assert type(back.status) is StatusArray
     assert back.status[2] is Status.DIVERGED and back.result(0).status is Status.CONVERGED
     assert back.status.tolist() == ["converged", "max_steps", "diverged"]
+
+
+class Pair(NamedTuple):
+    w: np.ndarray
+    b: np.ndarray
+
+
+@jax.tree_util.register_pytree_with_keys_class
+class Box:
+    """A user's registered pytree node (as a flax FrozenDict or an equinox module is)."""
+
+    def __init__(self, inner):
+        self.inner = inner
+
+    def tree_flatten_with_keys(self):
+        return ((jax.tree_util.GetAttrKey("inner"), self.inner),), None
+
+    @classmethod
+    def tree_unflatten(cls, aux, children):
+        return cls(*children)
+
+
+@pytest.mark.parametrize("suffix", [".json", ".npz"])
+def test_other_pytree_nodes_are_written_and_read_back_as_dicts_with_a_warning(tmp_path, suffix):
+    params = Pair(w=np.float32([[1, 2], [3, 4], [5, 6]]), b=Box(np.float32([[7], [8], [9]])))
+    res = result(params=params)
+    getattr(res, "to_" + suffix[1:])(tmp_path / ("r" + suffix))
+    read_back = r"Pair is read back as a dict of its children \['b', 'w'\]"
+    with pytest.warns(UserWarning, match=read_back):
+        back = load(tmp_path / ("r" + suffix))
+    assert_same(back, res)
+    np.testing.assert_array_equal(back.params["w"], params.w)
+    np.testing.assert_array_equal(back.params["b"]["inner"], params.b.inner)
+
+
+def test_a_leaf_that_is_not_an_array_is_refused_by_name(tmp_path):
+    res = result(params={"w": np.zeros((3, 2)), "act": jnp.tanh})
+    with pytest.raises(TypeError, match="cannot write a leaf of type PjitFunction to JSON"):
+        res.to_json(tmp_path / "r.json")
