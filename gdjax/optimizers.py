@@ -106,13 +106,13 @@ def _build(name: str, hyperparameters: Mapping[str, Any],
            dtype: np.dtype | None) -> optax.GradientTransformation:
     spec = _spec(name)
     values = {**spec.defaults, **hyperparameters}
-    tx = optax.inject_hyperparams(spec.factory, hyperparam_dtype=dtype)(**values, **spec.fixed)
-    _NAMED[tx] = name
-    return tx
+    return optax.inject_hyperparams(spec.factory, hyperparam_dtype=dtype)(**values, **spec.fixed)
 
 
 _NAMED: dict[optax.GradientTransformation, str] = {}
-"""The name of each transformation :func:`optimizer` built (to rebuild its state)."""
+"""The name of each transformation :func:`prepare` handed out lately (so :func:`init_state` can
+rebuild its inner state); the most recently used 512. A transformation a user built with
+:func:`optimizer` is not listed: its init-time values are its own, fixed when it was built."""
 
 
 def hyperparameters(name: str) -> dict[str, float]:
@@ -270,7 +270,12 @@ def _prepare_named(
         for k, v in hyperparameters.items()
         if k not in schedules and v is not None
     }
-    return _cached(name, tuple(sorted(schedules.items(), key=lambda kv: kv[0])), dtype), numbers
+    tx = _cached(name, tuple(sorted(schedules.items(), key=lambda kv: kv[0])), dtype)
+    _NAMED.pop(tx, None)  # most recently used last
+    _NAMED[tx] = name
+    if len(_NAMED) > 512:
+        del _NAMED[next(iter(_NAMED))]
+    return tx, numbers
 
 
 @functools.lru_cache(maxsize=256)
