@@ -163,33 +163,222 @@ def float_params(name: str, tree: PyTree, *, keep_numpy: bool = False) -> PyTree
 
     Python floats and lists become arrays of JAX's default float dtype; float64 NumPy input stays
     float64 when called inside :func:`precision`. With ``keep_numpy`` NumPy leaves are returned
-    as they are (for a caller that only hands them to a jitted program).
+    as they are (for a caller that only hands them to a jitted program). For a caller that can
+    carry non-array leaves through, :func:`trainable` splits them off instead of refusing them.
     """
-    if isinstance(tree, jax.Array) and _floating(tree.dtype) and tree.size > 0:
-        return tree  # the common case, checked in a microsecond
-    leaves = jax.tree.leaves(tree)
+    train, rebuild = trainable(name, tree, keep_numpy=keep_numpy)
+    if rebuild is not None:
+        path, leaf = rebuild.first_static()
+        raise TypeError(
+            f"{name} must hold floating-point arrays; leaf {path} {_is(leaf)}"
+            f"{_dtype_hint(leaf)}, got {name}={_short(tree)}"
+        )
+    return train
+
+
+def trainable(name: str, tree: PyTree, *, keep_numpy: bool = False
+              ) -> tuple[PyTree, Rebuild | None]:
+    """Split ``tree`` into its trained part and the rest (the static leaves).
+
+    The trained leaves are the inexact arrays (the ``equinox.is_inexact_array`` rule: jax or
+    NumPy arrays of a floating or complex dtype) and Python floats; everything else (an
+    ``equinox`` module's activation function, ``None``, Python ints and bools, integer arrays,
+    strings) is carried unchanged.
+
+    Returns ``(train, rebuild)``: ``train`` has the structure of ``tree`` with ``None`` in place of
+    every leaf that is not trained (as ``equinox.partition`` does), its trained leaves converted
+    as :func:`float_params` does (Python floats become arrays; ``keep_numpy`` keeps NumPy
+    leaves). ``rebuild`` is ``None`` when every leaf is trained, else a :class:`Rebuild` with
+    ``rebuild(train)`` the full tree. ``ValueError`` when ``tree`` holds no leaf at all or an
+    empty inexact array; ``TypeError``, naming what it found, when it holds no inexact array.
+    """
+    if isinstance(tree, jax.Array) and _inexact(tree.dtype) and tree.size > 0:
+        return tree, None  # the common case, checked in a microsecond
+    leaves, treedef = jax.tree.flatten(tree)
     if not leaves:
         raise ValueError(f"{name} must contain at least one array, got {name}={tree!r}")
-    for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
-        dtype = leaf.dtype if hasattr(leaf, "dtype") else np.asarray(leaf).dtype
-        if isinstance(leaf, float):
-            continue
-        if not jnp.issubdtype(dtype, jnp.floating):
-            where = jax.tree_util.keystr(path) or "(the array itself)"
-            raise TypeError(
-                f"{name} must hold floating-point arrays; leaf {where} has dtype {dtype} "
-                f"(convert it, e.g. with .astype(float)), got {name}={_short(tree)}"
-            )
-        if np.size(leaf) == 0:
-            where = jax.tree_util.keystr(path) or "(the array itself)"
-            raise ValueError(f"{name} must not hold empty arrays; leaf {where} has size 0")
     kept = (jax.Array, np.ndarray) if keep_numpy else jax.Array
-    return jax.tree.map(lambda x: x if isinstance(x, kept) else jnp.asarray(x), tree)
+    out = []
+    static_at = []  # (position, leaf) of the leaves carried unchanged
+    for i, leaf in enumerate(leaves):
+        if isinstance(leaf, kept):
+            dtype = leaf.dtype
+        elif type(leaf) is float:
+            out.append(jnp.asarray(leaf))
+            continue
+        elif isinstance(leaf, jax.Array | np.ndarray | np.generic):
+            dtype = leaf.dtype
+        else:
+            static_at.append((i, leaf))
+            out.append(None)
+            continue
+        if not _inexact(dtype):
+            static_at.append((i, leaf))
+            out.append(None)
+            continue
+        if leaf.size == 0:
+            where = _where(treedef, i)
+            raise ValueError(f"{name} must not hold empty arrays; leaf {where} has size 0")
+        out.append(leaf if isinstance(leaf, kept) else jnp.asarray(leaf))
+    if not static_at:
+        return treedef.unflatten(out), None
+    if len(static_at) == len(leaves):
+        _no_trainable(name, tree, treedef, static_at)
+    return treedef.unflatten(out), Rebuild(treedef, tuple(static_at))
+
+
+def _no_trainable(name: str, tree: PyTree, treedef: Any, static_at: list) -> None:
+    if treedef.num_nodes == 1:  # the whole argument is one leaf of the wrong kind
+        leaf = static_at[0][1]
+        raise TypeError(
+            f"{name} must hold floating-point arrays; {name} {_is(leaf)}"
+            f"{_dtype_hint(leaf)}, got {name}={_short(tree)}"
+        )
+    shown = [f"{_kind(leaf)} at {_where(treedef, i)}" for i, leaf in static_at[:6]]
+    if len(static_at) > 6:
+        shown.append(f"... ({len(static_at) - 6} more)")
+    hint = any(hasattr(leaf, "dtype") for _, leaf in static_at)
+    raise TypeError(
+        f"{name} must contain at least one floating-point array to train, found: "
+        + ", ".join(shown)
+        + (" (convert an array to train it, e.g. with .astype(float))" if hint else "")
+    )
+
+
+def _where(treedef: Any, i: int) -> str:
+    """The ``keystr`` path of leaf ``i`` of ``treedef``."""
+    paths = jax.tree_util.tree_flatten_with_path(treedef.unflatten(range(treedef.num_leaves)))[0]
+    return jax.tree_util.keystr(paths[i][0]) or "(the array itself)"
+
+
+def _kind(leaf: Any) -> str:
+    """A few words for what ``leaf`` is: "int32 array", "function", "str"."""
+    if isinstance(leaf, jax.Array | np.ndarray | np.generic):
+        return f"{leaf.dtype} array"
+    if isinstance(leaf, type):
+        return f"class {leaf.__name__}"
+    if callable(leaf):
+        return "function"
+    return type(leaf).__name__
+
+
+def _is(leaf: Any) -> str:
+    """ "has dtype int32", "is a function", "is a str"."""
+    if hasattr(leaf, "dtype"):
+        return f"has dtype {leaf.dtype}"
+    kind = _kind(leaf)
+    return f"is {'an' if kind[0] in 'aeiou' else 'a'} {kind}"
+
+
+def _dtype_hint(leaf: Any) -> str:
+    return " (convert it, e.g. with .astype(float))" if hasattr(leaf, "dtype") else ""
+
+
+class Rebuild:
+    """Puts the static leaves that :func:`trainable` split off back into a trained part.
+
+    ``rebuild(train)`` is the full tree; ``train``'s leaves may be tracers or carry extra leading
+    (batch) axes. Hashable and comparable, so usable in a ``jax.jit`` static argument: equal when
+    the tree structure is equal and each static leaf is equal (hashable leaves by type and value,
+    arrays and unhashable objects by identity).
+    """
+
+    __slots__ = ("_hash", "_key", "_trained", "static_at", "treedef")
+
+    def __init__(self, treedef: Any, static_at: tuple):
+        self.treedef = treedef
+        self.static_at = static_at
+        static_positions = {i for i, _ in static_at}
+        self._trained = tuple(i for i in range(treedef.num_leaves) if i not in static_positions)
+        self._key = (treedef, tuple((i, _leaf_key(leaf)) for i, leaf in static_at))
+        self._hash = hash(self._key)
+
+    def __call__(self, train: PyTree) -> PyTree:
+        trained = jax.tree.leaves(train)
+        if len(trained) != len(self._trained):
+            raise ValueError(f"rebuild expects {len(self._trained)} trained leaves, got "
+                             f"{len(trained)}")
+        leaves: list = [None] * self.treedef.num_leaves
+        for i, leaf in self.static_at:
+            leaves[i] = leaf
+        for i, leaf in zip(self._trained, trained, strict=True):
+            leaves[i] = leaf
+        return self.treedef.unflatten(leaves)
+
+    def partition(self, tree: PyTree) -> PyTree:
+        """The trained part of a full ``tree`` of this structure (``None`` at static leaves)."""
+        leaves = self.treedef.flatten_up_to(tree)
+        for i, _ in self.static_at:
+            leaves[i] = None
+        return self.treedef.unflatten(leaves)
+
+    def first_static(self) -> tuple[str, Any]:
+        """The path and value of the first static leaf."""
+        i, leaf = self.static_at[0]
+        return _where(self.treedef, i), leaf
+
+    def __hash__(self) -> int:
+        return self._hash
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Rebuild) and (self is other or self._key == other._key)
+
+    def __repr__(self) -> str:
+        return f"Rebuild({self.treedef}, {len(self.static_at)} static leaves)"
+
+
+def _leaf_key(leaf: Any) -> Any:
+    if isinstance(leaf, jax.Array | np.ndarray):
+        return _Identity(leaf)
+    try:
+        hash(leaf)
+    except TypeError:
+        return _Identity(leaf)
+    return (type(leaf), leaf)
+
+
+def bind(f: Callable, rebuild: Rebuild | None) -> Callable:
+    """``f`` when ``rebuild`` is ``None``, else ``g`` with ``g(train, *a, **kw) ==
+    f(rebuild(train), *a, **kw)``, equal and hashed by ``(f, rebuild)`` so that ``jax.jit``
+    caches keyed on it hit across calls with the same model."""
+    if rebuild is None:
+        return f
+    return Bound(f, rebuild)
+
+
+class Bound:
+    """``f`` called on the full tree that ``rebuild`` makes of its first argument."""
+
+    __slots__ = ("__weakref__", "_key", "f", "rebuild")
+
+    def __init__(self, f: Callable, rebuild: Rebuild):
+        self.f = f
+        self.rebuild = rebuild
+        self._key = (static(f), rebuild)
+
+    def __call__(self, train: PyTree, *args: Any, **kwargs: Any) -> Any:
+        return self.f(self.rebuild(train), *args, **kwargs)
+
+    @property
+    def __signature__(self) -> inspect.Signature | None:  # f's, for the argument-count message
+        try:
+            return inspect.signature(self.f)
+        except (TypeError, ValueError):
+            return None
+
+    def __hash__(self) -> int:
+        return hash(self._key)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Bound) and self._key == other._key
+
+    def __repr__(self) -> str:
+        return repr(self.f)
 
 
 @functools.lru_cache(maxsize=64)
-def _floating(dtype: np.dtype) -> bool:
-    return bool(jnp.issubdtype(dtype, jnp.floating))
+def _inexact(dtype: np.dtype) -> bool:
+    return bool(jnp.issubdtype(dtype, jnp.inexact))
 
 
 def scalar_function(name: str, f: Callable, *args: Any) -> jax.ShapeDtypeStruct:
