@@ -227,6 +227,18 @@ def trainable(name: str, tree: PyTree, *, keep_numpy: bool = False
     return treedef.unflatten(out), Rebuild(treedef, tuple(static_at))
 
 
+def trained_part(rebuild: Rebuild | None, tree: PyTree) -> PyTree:
+    """The trained part of ``tree``, given in full (the structure :func:`trainable` split) or as
+    the trained part already (a direction ``v`` for a point ``x``); ``tree`` as it is when
+    ``rebuild`` is ``None`` or it matches neither (the caller's shape check then names it)."""
+    if rebuild is None:
+        return tree
+    try:
+        return rebuild.partition(tree)
+    except (ValueError, TypeError):
+        return tree
+
+
 def _no_trainable(name: str, tree: PyTree, treedef: Any, static_at: list) -> None:
     if treedef.num_nodes == 1:  # the whole argument is one leaf of the wrong kind
         leaf = static_at[0][1]
