@@ -265,7 +265,11 @@ def check_grads(
     Args:
       f: scalar function ``f(x, *args)``; with ``has_aux``, a function returning a pair
         ``(value, aux)`` (``jax.grad``'s convention) whose value is checked.
-      x: point; a pytree of floating-point arrays.
+      x: point; a pytree. Its inexact arrays (floating or complex dtype; Python floats too)
+        are checked; every other leaf (an ``equinox`` module's activation function, ``None``,
+        Python ints and bools, integer arrays) is passed to ``f`` unchanged, so a model is
+        passed as it is. ``report.leaf`` is the path of the leaf in ``x`` itself (e.g.
+        ``.layers[0].weight``).
       args: extra arguments of ``f``, not differentiated (a batch of data, say): a tuple of
         pytrees of arrays (a non-tuple is one argument). They are traced, so checking again
         with new values reuses the compilation. Floating ones follow ``x`` into the oracle's
@@ -290,8 +294,8 @@ def check_grads(
       A :class:`GradCheckReport`; ``str(report)`` is a readable summary.
 
     Raises:
-      TypeError: ``f`` is not callable, ``x`` holds non-floating leaves, or an argument has the
-        wrong type.
+      TypeError: ``f`` is not callable, ``x`` holds no floating-point array (the message names
+        what it holds), or an argument has the wrong type.
       ValueError: ``x`` is empty, ``f`` does not return a scalar, or an argument is out of range
         (an unknown ``fd_method`` or mode, a non-positive ``step``, a negative ``rtol``...), or
         ``order=2`` for a function that cannot be traced.
@@ -326,12 +330,14 @@ def check_grads(
 
 
 def _check_grads(f, x, *, args, has_aux, order, **kwargs) -> GradCheckReport:
-    x = inputs.float_params("x", x)
+    # the trained part: None at static leaves keeps each array's keystr path, so the report
+    # names the leaf as it sits in the caller's x
+    x, rebuild = inputs.trainable("x", x)
     has_aux = inputs.flag("has_aux", has_aux)
     args = _extra_args(args)
     if not callable(f):
         raise TypeError(f"f must be callable, got f={f!r}")
-    f = _Bound(finite_diff.static(f), has_aux, args)
+    f = _Bound(inputs.bind(finite_diff.static(f), rebuild), has_aux, args)
     untraceable = None
     try:
         _scalar_function(f, x)
@@ -474,7 +480,7 @@ def _scalar_function(f: _Bound, x) -> None:
     except _UNTRACEABLE:
         raise
     except Exception as error:
-        if not isinstance(x, tuple) or f.args or f.has_aux:
+        if not isinstance(x, tuple) or f.args or f.has_aux or isinstance(f.f, inputs.Bound):
             raise
         try:
             inputs.scalar_function("f", f.f, *x)
@@ -505,7 +511,8 @@ def assert_grads_close(f: Callable[..., Any], x: PyTree, **kwargs: Any) -> None:
 
     Args:
       f: scalar function ``f(x, *args)``, as in :func:`check_grads`.
-      x: point; a pytree of floating-point arrays (float64 ones are checked in float64).
+      x: point; a pytree whose inexact arrays are checked (float64 ones in float64), other
+        leaves passed to ``f`` unchanged, as in :func:`check_grads`.
       **kwargs: keyword arguments of :func:`check_grads` (``args``, ``has_aux``, ...).
 
     Raises:

@@ -118,7 +118,8 @@ def gradient_descent(
 
     Args:
       f: scalar function of a pytree.
-      init_x: the start.
+      init_x: the start: its inexact arrays are trained, other leaves carried unchanged (as in
+        :func:`minimize`).
       lr: the learning rate ``eta``.
       step_num: number of steps.
       grad: ``"autodiff"`` (``jax.grad``) or ``"numerical"`` (the seed's central differences,
@@ -178,8 +179,12 @@ def minimize(
     gradient through the steps after its stop.
 
     Args:
-      f: scalar function of a pytree of float arrays.
-      x0: the start (not modified).
+      f: scalar function of a pytree.
+      x0: the start (not modified), a pytree: its inexact arrays (floating or complex dtype;
+        Python floats too) are trained, every other leaf (an ``equinox`` module's activation
+        function, ``None``, Python ints and bools, integer arrays) is carried unchanged, so an
+        ``equinox`` module is passed as it is. ``result.params`` (and recorded parameters) come
+        back with the structure of ``x0``, the static leaves in place.
       optimizer: a name from :data:`gdjax.OPTIMIZERS` or any optax transformation.
       learning_rate: a number or an optax schedule; the optimiser's default when ``None``.
       steps: maximum number of updates.
@@ -237,13 +242,25 @@ def minimize(
     if learning_rate is not None:
         hyperparameters["learning_rate"] = learning_rate
     with inputs.precision(x0):
-        x0 = inputs.float_params("x0", x0)
+        x0, rebuild = inputs.trainable("x0", x0)
+        f = inputs.bind(f, rebuild)  # f of the trained part: the jit cache keys on (f, rebuild)
         args = extra_args(args)
         check_objective("f", f, has_aux, x0, *args)
         tx, numbers = optimizers.prepare(optimizer, hyperparameters, x0)
         result = _minimize(x0, numbers, tol, ftol, divergence, args, inputs.static(f), tx, grad,
                            steps, record_every, record_params, bool(has_aux))
-    return concrete(result)
+    return concrete(rebuilt(result, rebuild))
+
+
+def rebuilt(result: Result, rebuild: inputs.Rebuild | None) -> Result:
+    """``result`` with its parameters (final and recorded) as full trees, the static leaves that
+    :func:`gdjax.inputs.trainable` split off put back."""
+    if rebuild is None:
+        return result
+    history = result.history
+    if history is not None and history.params is not None:
+        history = history._replace(params=rebuild(history.params))
+    return result._replace(params=rebuild(result.params), history=history)
 
 
 @functools.partial(jax.jit, static_argnums=(6, 7, 8, 9, 10, 11, 12))

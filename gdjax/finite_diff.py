@@ -118,7 +118,10 @@ def numerical_gradient(
 
     Args:
       f: scalar function of ``x``, ``f(x) -> ()``-shaped real array.
-      x: point; a pytree (array, dict, tuple, ...) of floating-point arrays of any shape.
+      x: point; a pytree (array, dict, tuple, an ``equinox`` module...). Its inexact arrays
+        (floating or complex dtype; Python floats too) are differentiated; every other leaf (an
+        activation function, ``None``, Python ints and bools, integer arrays) is passed to ``f``
+        unchanged.
       method: one of ``"central"``, ``"forward"``, ``"backward"``, ``"richardson"``,
         ``"complex_step"``.
       step: the step :math:`h`, a positive finite number, or ``None`` for the default above.
@@ -132,8 +135,9 @@ def numerical_gradient(
         method (this doubles the cost); plus a bound on the rounding error of the evaluations.
 
     Returns:
-      The gradient estimate, a pytree with the structure, shapes and dtypes of ``x``; with
-      ``return_error=True``, the pair ``(gradient, error)`` of two such pytrees.
+      The gradient estimate, a pytree with the structure, shapes and dtypes of ``x``, with
+      ``None`` in place of each leaf that is not differentiated (as ``equinox.filter_grad``
+      returns it); with ``return_error=True``, the pair ``(gradient, error)`` of two such pytrees.
 
     The computation runs in the dtype of ``x`` and the result comes back in it: float64 ``x``
     (a NumPy array too) runs inside a local ``jax.enable_x64(True)``, whatever the global flag.
@@ -145,8 +149,8 @@ def numerical_gradient(
         Under ``jit``, ``vmap`` or ``scan`` the values are unknown and the estimate is nan there.
 
     Raises:
-      TypeError: ``f`` is not callable, a leaf of ``x`` is not floating point, or ``step`` or
-        ``chunk_size`` has the wrong type.
+      TypeError: ``f`` is not callable, ``x`` holds no floating-point array (the message names
+        what it holds), or ``step`` or ``chunk_size`` has the wrong type.
       ValueError: ``x`` has no coordinates, ``f`` does not return a real scalar, ``method`` is
         unknown, ``step`` is not positive and finite, or ``chunk_size`` is not positive.
 
@@ -163,7 +167,8 @@ def numerical_gradient(
       SIAM Review 40(1), 1998. https://doi.org/10.1137/S003614459631241X
     """
     with inputs.precision(x):
-        x = inputs.float_params("x", x)
+        x, rebuild = inputs.trainable("x", x)
+        f = inputs.bind(f, rebuild)  # a function of the trained part
         inputs.scalar_function("f", f, x)
         check_method(method)
         if chunk_size is not None:
@@ -204,8 +209,11 @@ def directional_derivative(
 
     Args:
       f: function of ``x`` returning a pytree of floating-point arrays.
-      x: point; a pytree of floating-point arrays.
-      v: direction; a pytree with the structure and shapes of ``x``.
+      x: point; a pytree whose inexact arrays are moved, other leaves passed to ``f`` unchanged
+        (as in :func:`numerical_gradient`).
+      v: direction; a pytree with the structure and shapes of ``x``, given in full (its leaves
+        at ``x``'s static leaves are ignored) or with ``None`` there (the structure of
+        :func:`numerical_gradient`'s result).
       method: as in :func:`numerical_gradient`.
       step: the step :math:`t`, a positive finite number, or ``None`` for the default above.
       return_error: also return an error estimate, as in :func:`numerical_gradient`.
@@ -218,8 +226,8 @@ def directional_derivative(
       RuntimeWarning: a non-finite estimate, as :func:`numerical_gradient`.
 
     Raises:
-      TypeError: ``f`` is not callable, a leaf of ``x`` or ``v`` is not floating point, or
-        ``step`` has the wrong type.
+      TypeError: ``f`` is not callable, ``x`` holds no floating-point array, a trained leaf of
+        ``v`` is not floating point, or ``step`` has the wrong type.
       ValueError: ``x`` has no coordinates, ``v`` does not match ``x``, ``method`` is unknown, or
         ``step`` is not positive and finite.
 
@@ -235,8 +243,9 @@ def directional_derivative(
         raise TypeError(f"f must be callable, got f={f!r}")
     check_method(method)
     with inputs.precision(x):
-        x = inputs.float_params("x", x)
-        v = inputs.float_params("v", v)
+        x, rebuild = inputs.trainable("x", x)
+        f = inputs.bind(f, rebuild)  # a function of the trained part
+        v = inputs.float_params("v", inputs.trained_part(rebuild, v))
         if jax.tree.structure(v) != jax.tree.structure(x) or any(
             a.shape != b.shape
             for a, b in zip(jax.tree.leaves(x), jax.tree.leaves(v), strict=True)

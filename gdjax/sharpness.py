@@ -13,6 +13,13 @@ per sweep configuration) and get one result per point. It computes in the dtype 
 returns results in it: float64 ``x`` (a NumPy array too) runs inside a local
 ``jax.enable_x64(True)``, whatever the global flag.
 
+``x`` may hold leaves that are not trained (an ``equinox`` module passed as it is): only its
+inexact arrays (floating or complex dtype; Python floats too) are the coordinates of the
+Hessian; every other leaf (an activation function, ``None``, Python ints and bools, integer
+arrays) is passed to ``f`` unchanged. A result "like ``x``" (an eigenvector, a Hessian-vector
+product, a perturbation) has ``None`` in place of those leaves, as ``equinox.filter_grad``
+returns a gradient; a direction ``v`` or second point ``x_b`` may be given in full or so.
+
 References:
     N. S. Keskar, D. Mudigere, J. Nocedal, M. Smelyanskiy and P. T. P. Tang, "On Large-Batch
     Training for Deep Learning: Generalization Gap and Sharp Minima", ICLR 2017.
@@ -129,14 +136,16 @@ def hvp(f: Callable[[PyTree], jax.Array], x: PyTree, v: PyTree) -> PyTree:
 
     Args:
         f: scalar function of a pytree of floating arrays.
-        x: the point, a pytree.
+        x: the point, a pytree (leaves other than floating arrays are carried unchanged, see the
+            module docstring).
         v: the direction, a pytree with the structure and shapes of ``x``.
 
     Returns:
         :math:`H v`, a pytree like ``x``.
 
     Raises:
-        TypeError: if ``x`` has non-floating leaves or ``f`` does not return a real scalar.
+        TypeError: if ``x`` holds no floating-point array or ``f`` does not return a
+            real scalar.
         ValueError: if ``x`` and ``v`` differ in structure or shapes, or ``f(x)`` is not scalar.
 
     Example:
@@ -146,8 +155,8 @@ def hvp(f: Callable[[PyTree], jax.Array], x: PyTree, v: PyTree) -> PyTree:
         Array([4., 2.], dtype=float32)
     """
     with inputs.precision(x):
-        x = _point(f, x)
-        v = inputs.float_params("v", v)
+        f, x, rebuild = _point(f, x)
+        v = inputs.float_params("v", inputs.trained_part(rebuild, v))
         _check_same_shapes("v", v, "x", x)
         return _hvp(f, x, jax.tree.map(lambda a, b: b.astype(a.dtype), x, v))
 
@@ -189,7 +198,8 @@ def hessian_top_eigenvalue(
 
     Args:
         f: scalar function of a pytree of floating arrays.
-        x: the point, a pytree.
+        x: the point, a pytree (leaves other than floating arrays are carried unchanged, see the
+            module docstring).
         num_iters: cap on the iterations of each phase (at most ``2 * num_iters`` products).
         tol: relative change of the eigenvalue estimate at which a phase stops.
         seed: seed of the random unit start vector.
@@ -198,7 +208,8 @@ def hessian_top_eigenvalue(
         An :class:`EigenResult`; check ``converged`` and ``residual``.
 
     Raises:
-        TypeError: if ``x`` has non-floating leaves or ``f`` does not return a real scalar.
+        TypeError: if ``x`` holds no floating-point array or ``f`` does not return a
+            real scalar.
         ValueError: if ``num_iters < 1`` or ``tol <= 0``, or ``f(x)`` is not scalar.
 
     Example:
@@ -216,7 +227,8 @@ def hessian_top_eigenvalue(
     _check_positive("tol", tol)
     _check_seed(seed)
     with inputs.precision(x):
-        return _top_eigenvalue(f, _point(f, x), num_iters, tol, seed)
+        f, x, _ = _point(f, x)
+        return _top_eigenvalue(f, x, num_iters, tol, seed)
 
 
 @_jit_on_f()
@@ -282,7 +294,8 @@ def hutchinson_trace(
 
     Args:
         f: scalar function of a pytree of floating arrays.
-        x: the point, a pytree.
+        x: the point, a pytree (leaves other than floating arrays are carried unchanged, see the
+            module docstring).
         num_samples: the number of probe vectors :math:`m`.
         seed: seed of the probe vectors.
 
@@ -290,7 +303,8 @@ def hutchinson_trace(
         A :class:`TraceEstimate` with the estimate and its standard error.
 
     Raises:
-        TypeError: if ``x`` has non-floating leaves or ``f`` does not return a real scalar.
+        TypeError: if ``x`` holds no floating-point array or ``f`` does not return a
+            real scalar.
         ValueError: if ``num_samples < 1`` or ``f(x)`` is not scalar.
 
     Example:
@@ -307,7 +321,8 @@ def hutchinson_trace(
     num_samples = inputs.positive_int("num_samples", num_samples)
     _check_seed(seed)
     with inputs.precision(x):
-        return _trace(f, _point(f, x), num_samples, seed)
+        f, x, _ = _point(f, x)
+        return _trace(f, x, num_samples, seed)
 
 
 @_jit_on_f(2)
@@ -378,7 +393,8 @@ def epsilon_sharpness(
 
     Args:
         f: scalar function of a pytree of floating arrays (a loss, ``f >= 0``).
-        x: the point, a pytree.
+        x: the point, a pytree (leaves other than floating arrays are carried unchanged, see the
+            module docstring).
         epsilon: relative size of the box (the paper uses ``1e-3`` and ``5e-4``); may be traced.
         subspace_dim: the number ``p`` of random directions, or ``None``.
         subspace: an explicit ``(n, p)`` matrix :math:`A`, or ``None``; not with ``subspace_dim``.
@@ -390,7 +406,8 @@ def epsilon_sharpness(
         A :class:`SharpnessResult`.
 
     Raises:
-        TypeError: if ``x`` has non-floating leaves or ``f`` does not return a real scalar.
+        TypeError: if ``x`` holds no floating-point array or ``f`` does not return a
+            real scalar.
         ValueError: if ``epsilon <= 0``; ``subspace_dim`` is not in ``[1, n]``; ``subspace`` is
             not an ``(n, p)`` matrix or comes with ``subspace_dim``; ``ascent_steps`` or
             ``num_starts`` is below 1; or ``f(x)`` is not scalar.
@@ -412,7 +429,7 @@ def epsilon_sharpness(
     num_starts = inputs.positive_int("num_starts", num_starts)
     _check_seed(seed)
     with inputs.precision(x):
-        x = _point(f, x)
+        f, x, _ = _point(f, x)
         n = sum(leaf.size for leaf in jax.tree.leaves(x))
         subspace_dim, subspace = _check_subspace(subspace_dim, subspace, n)
         return _sharpness(f, x, epsilon, subspace_dim, subspace, ascent_steps, num_starts, seed)
@@ -528,8 +545,9 @@ def interpolate(
 
     Args:
         f: scalar function of a pytree of floating arrays.
-        x_a: the point at ``alpha = 0``.
-        x_b: the point at ``alpha = 1``, with the structure and shapes of ``x_a``.
+        x_a: the point at ``alpha = 0`` (its non-array leaves carried unchanged).
+        x_b: the point at ``alpha = 1``, with the structure and shapes of ``x_a`` (in full, its
+            static leaves ignored, or with ``None`` in their place).
         alphas: 1-D array of line coordinates; by default ``jnp.linspace(-1, 2, 61)``, the
             paper's range.
 
@@ -537,7 +555,8 @@ def interpolate(
         ``f`` at each alpha, shape ``alphas.shape``.
 
     Raises:
-        TypeError: if the points have non-floating leaves or ``f`` does not return a real scalar.
+        TypeError: if ``x_a`` holds no floating-point array, ``x_b`` a non-floating one
+            where ``x_a`` has a trained one, or ``f`` does not return a real scalar.
         ValueError: if ``x_a`` and ``x_b`` differ in structure or shapes, or ``alphas`` is not 1-D.
 
     Example:
@@ -552,8 +571,8 @@ def interpolate(
         network optimization problems", ICLR 2015. https://arxiv.org/abs/1412.6544
     """
     with inputs.precision(x_a):
-        x_a = _point(f, x_a, "x_a")
-        x_b = inputs.float_params("x_b", x_b)
+        f, x_a, rebuild = _point(f, x_a, "x_a")
+        x_b = inputs.float_params("x_b", inputs.trained_part(rebuild, x_b))
         _check_same_shapes("x_b", x_b, "x_a", x_a)
         if alphas is not None and not isinstance(alphas, jax.core.Tracer):
             kind = np.asarray(alphas).dtype.kind
@@ -573,11 +592,14 @@ def _interpolate(f, x_a, x_b, alphas):
     return jax.vmap(lambda t: f(unravel(t * flat_b + (1 - t) * flat_a)))(alphas)
 
 
-def _point(f: Callable, x: PyTree, name: str = "x") -> PyTree:
-    """``x`` as a pytree of float arrays, after checking that ``f(x)`` is a real scalar."""
-    x = inputs.float_params(name, x)
-    inputs.scalar_function("f", f, x)
-    return x
+def _point(f: Callable, x: PyTree, name: str = "x") -> tuple[Callable, PyTree, Any]:
+    """``(g, train, rebuild)``: ``x``'s trained part (:func:`gdjax.inputs.trainable`), ``g`` the
+    function of it that calls ``f`` on the full tree, after checking that ``f(x)`` is a real
+    scalar."""
+    train, rebuild = inputs.trainable(name, x)
+    f = inputs.bind(f, rebuild)
+    inputs.scalar_function("f", f, train)
+    return f, train, rebuild
 
 
 def _check_same_shapes(name: str, tree: PyTree, ref_name: str, ref: PyTree) -> None:
