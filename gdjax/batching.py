@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -78,29 +78,76 @@ def batch_schedule(seed: int, n: int, batch_size: int, epochs: int) -> np.ndarra
     return orders[:, : per_epoch * batch_size].reshape(epochs * per_epoch, batch_size)
 
 
-def batch_source(loss_fn: Callable[..., Any], has_aux: bool = False) -> engine.ValueAndGrad:
-    """The engine's gradient source for ``loss_fn(params, batch, *args)``.
+class Objective(NamedTuple):
+    """A user's ``loss_fn`` under one calling convention: ``objective(params, state, batch, key,
+    *args) -> (loss, (new_state, aux))``.
 
-    ``aux`` is ``(data, indices, args)``: step ``t`` uses rows ``indices[t]`` (wrapping at the
-    end); ``indices=None`` means the whole data set every step. With ``has_aux``, ``loss_fn``
-    returns ``(loss, aux)`` and its ``aux`` is dropped.
+    The conventions it reads (``state``, ``key`` and ``aux`` are ``None`` where unused):
+
+    * plain: ``loss_fn(params, batch, *args) -> loss``;
+    * ``stateful`` (``fit(state=...)``): ``loss_fn(params, state, batch, *args) -> (loss,
+      new_state)``, the state threaded but not trained (batch statistics);
+    * ``rng`` (``fit(rng=True)``): ``loss_fn(..., key=key)``, a PRNG key new at every step;
+    * ``has_aux``: the loss comes as ``(loss, aux)``; with a state, ``(loss, (new_state, aux))``.
     """
-    value_and_grad = jax.value_and_grad(descent.value_of(loss_fn, has_aux))
 
-    def source(params, t, aux):
-        return value_and_grad(params, batch_at(aux, t), *aux[2])
+    loss_fn: Callable[..., Any]
+    has_aux: bool = False
+    stateful: bool = False
+    rng: bool = False
+
+    def __call__(self, params, state, batch, key, *args):
+        head = (params, state, batch) if self.stateful else (params, batch)
+        out = self.loss_fn(*head, *args, **({"key": key} if self.rng else {}))
+        if self.stateful:
+            loss, rest = out
+            new_state, aux = rest if self.has_aux else (rest, None)
+        elif self.has_aux:
+            (loss, aux), new_state = out, None
+        else:
+            loss, new_state, aux = out, None, None
+        return loss, (new_state, aux)
+
+
+def step_key(seed: jax.Array | None, t: jax.Array) -> jax.Array | None:
+    """Step ``t``'s PRNG key of a run seeded ``seed`` (a uint32): ``fold_in(key(seed), t)``."""
+    if seed is None:
+        return None
+    return jax.random.fold_in(jax.random.key(seed), t)
+
+
+def run_seed(seed: Any) -> np.ndarray:
+    """A run's ``seed`` as the uint32 its keys start from (a negative seed wraps)."""
+    return (np.asarray(seed, np.int64) & 0xFFFFFFFF).astype(np.uint32)
+
+
+def batch_source(objective: Objective) -> engine.ValueAndGrad:
+    """The engine's gradient source for ``objective`` (an :class:`Objective`).
+
+    ``aux`` is ``(data, indices, args, seed)``: step ``t`` uses rows ``indices[t]`` (wrapping at
+    the end; ``indices=None`` means the whole data set every step) and, with ``rng``, the key
+    :func:`step_key` ``(seed, t)``. A stateful objective's source is ``(params, t, aux, state)
+    -> (loss, grads, new_state)``, a plain one's ``(params, t, aux) -> (loss, grads)``.
+    """
+    value_and_grad = jax.value_and_grad(lambda *a: objective(*a), has_aux=True)
+
+    def source(params, t, aux, state=None):
+        (loss, (new_state, _)), grad = value_and_grad(
+            params, state, batch_at(aux, t), step_key(aux[3], t), *aux[2])
+        return (loss, grad, new_state) if objective.stateful else (loss, grad)
 
     return source
 
 
-def batch_value(loss_fn: Callable[..., Any], has_aux: bool = False) -> Callable:
-    """The loss alone, ``(params, t, aux) -> loss``, on :func:`batch_source`'s batches."""
-    loss = descent.value_of(loss_fn, has_aux)
-    return lambda params, t, aux: loss(params, batch_at(aux, t), *aux[2])
+def batch_value(objective: Objective) -> Callable:
+    """The loss alone, ``(params, t, aux[, state]) -> loss``, on :func:`batch_source`'s
+    batches."""
+    return lambda params, t, aux, state=None: objective(
+        params, state, batch_at(aux, t), step_key(aux[3], t), *aux[2])[0]
 
 
 def batch_at(aux: tuple, t: jax.Array) -> PyTree:
-    """Step ``t``'s batch of ``aux = (data, indices, args)``."""
+    """Step ``t``'s batch of ``aux = (data, indices, args, seed)``."""
     data, indices = aux[:2]
     if indices is None:
         return data
@@ -124,6 +171,8 @@ def fit(
     args: Any = (),
     has_aux: bool = False,
     divergence: float | None = engine.DIVERGENCE_FACTOR,
+    state: PyTree = None,
+    rng: bool = False,
     **hyperparameters: Any,
 ) -> Result:
     """Train ``params`` on ``data`` by stochastic, mini-batch or batch gradient descent.
@@ -154,11 +203,25 @@ def fit(
       divergence: diverged once the mini-batch loss is non-finite or passes
         ``f0 + divergence * max(|f0|, 1)``, ``f0`` the first batch's loss (see
         :func:`gdjax.minimize`); ``None``: only a non-finite loss.
+      state: a pytree of arrays threaded through the steps but not trained (flax's mutable
+        collections such as ``batch_stats``, ``eqx.nn.State``). With it ``loss_fn(params,
+        state, batch, *args) -> (loss, new_state)`` (with ``has_aux``: ``(loss, (new_state,
+        aux))``) and ``eval_fn(params, state)``. Each update's forward pass moves the state
+        once, as a hand-written loop does; records and the final loss read it without moving
+        it. ``result.state`` is the final state.
+      rng: call ``loss_fn(..., key=key)`` with a PRNG key new at every step (for dropout):
+        ``jax.random.fold_in(jax.random.key(seed), t)`` at step ``t`` (``t`` from 0; the final
+        whole-data loss uses ``t = steps``), so the same ``seed`` reproduces a run and a
+        sweep over ``seed`` varies the keys too.
       **hyperparameters: other hyperparameters of the optimiser.
 
     Returns:
       A :class:`gdjax.Result` whose ``loss`` is the mean loss over the whole data set at the final
       parameters and whose ``history.loss`` holds the mini-batch loss at each record.
+
+    Parameters that are not all arrays (an equinox module, a pytree with ``None``, ints or
+    functions among its leaves) are trained on their floating-point arrays; the other leaves are
+    carried unchanged, and ``result.params`` has the structure of ``params``.
 
     Raises:
       ValueError, TypeError: bad arguments, named with their value.
@@ -194,36 +257,93 @@ def fit(
         )
     if eval_fn is not None and not callable(eval_fn):
         raise TypeError(f"eval_fn must be callable or None, got eval_fn={eval_fn!r}")
+    rng = inputs.flag("rng", rng)
+    has_aux = inputs.flag("has_aux", has_aux)
     if learning_rate is not None:
         hyperparameters["learning_rate"] = learning_rate
 
     with inputs.precision(params):
-        params = inputs.float_params("params", params)
+        params, rebuild = inputs.trainable("params", params)
+        loss_fn = inputs.bind(loss_fn, rebuild)
+        eval_fn = None if eval_fn is None else inputs.bind(eval_fn, rebuild)
+        state = model_state(state)
         data = jax.tree.map(jnp.asarray, data)
         first = jax.tree.map(lambda a: a[:batch_size], data)
         args = descent.extra_args(args)
-        descent.check_objective("loss_fn", loss_fn, has_aux, params, first, *args)
+        objective = Objective(loss_fn, has_aux, state is not None, rng)
+        check_objective("loss_fn", objective, params, state, first, args)
         tx, numbers = optimizers.prepare(optimizer, hyperparameters, params)
         indices = None
         if batch_size < n:
             indices = batch_schedule(seed, n, batch_size, epochs)
-        result = _fit(params, numbers, (data, indices, args), tol, divergence,
-                      inputs.static(loss_fn), tx, inputs.static(eval_fn), steps, record_every,
-                      bool(has_aux))
-    return concrete(result)
+        key_seed = run_seed(seed) if rng else None
+        result = _fit(params, numbers, (data, indices, args, key_seed), tol, divergence,
+                      state, inputs.static(loss_fn), tx, inputs.static(eval_fn), steps,
+                      record_every, objective._replace(loss_fn=None))
+    return concrete(descent.rebuilt(result, rebuild))
 
 
-@functools.partial(jax.jit, static_argnums=(5, 6, 7, 8, 9, 10))
-def _fit(params, numbers, aux, tol, divergence, loss_fn, tx, eval_fn, steps, record_every,
-         has_aux):
+def model_state(state: PyTree) -> PyTree:
+    """``state`` (``fit(state=...)``) as a pytree of jax arrays, or ``None``."""
+    if state is None:
+        return None
+    leaves = jax.tree_util.tree_flatten_with_path(state)[0]
+    if not leaves:
+        raise ValueError(f"state must hold at least one array, got state={state!r}")
+    for path, leaf in leaves:
+        if not isinstance(leaf, jax.Array | np.ndarray | np.generic | int | float | bool):
+            raise TypeError(
+                f"state must be a pytree of arrays; leaf {jax.tree_util.keystr(path) or 'state'}"
+                f" is a {type(leaf).__name__}: {leaf!r}")
+    return jax.tree.map(jnp.asarray, state)
+
+
+def check_objective(name: str, objective: Objective, params: PyTree, state: PyTree,
+                    batch: PyTree, args: tuple) -> None:
+    """Check ``objective``'s loss function on one batch, abstractly: a scalar loss, and with a
+    state a new state of the same structure, shapes and dtypes."""
+    loss_fn = objective.loss_fn
+    if not (objective.stateful or objective.rng):
+        descent.check_objective(name, loss_fn, objective.has_aux, params, batch, *args)
+        return
+    if not callable(loss_fn):
+        raise TypeError(f"{name} must be callable, got {name}={loss_fn!r}")
+    key = step_key(jnp.uint32(0), jnp.int32(0)) if objective.rng else None
+    call = ("(params, state, batch" if objective.stateful else "(params, batch") + (
+        ", *args" if args else "") + (", key=key)" if objective.rng else ")")
+    try:
+        out = jax.eval_shape(lambda *a: objective(*a), params, state, batch, key, *args)
+    except TypeError as e:
+        raise TypeError(f"{name} must be callable as {name}{call}: {e}") from None
+    except ValueError as e:  # unpacking a result of the wrong shape
+        wanted = "(loss, new_state)" if not objective.has_aux else "(loss, (new_state, aux))"
+        raise TypeError(f"{name}{call} must return {wanted if objective.stateful else 'a loss'}"
+                        f": {e}") from None
+    loss, (new_state, _) = out
+    if not isinstance(loss, jax.ShapeDtypeStruct) or loss.shape != () or not jnp.issubdtype(
+            loss.dtype, jnp.floating):
+        raise TypeError(f"{name}{call} must return a floating-point scalar loss first, got "
+                        f"{loss!r}")
+    if objective.stateful:
+        want = jax.tree.map(lambda a: (a.shape, a.dtype), state)
+        got = jax.tree.map(lambda a: (a.shape, getattr(a, "dtype", None)), new_state)
+        if jax.tree.structure(want) != jax.tree.structure(got) or want != got:
+            raise TypeError(
+                f"{name}{call} must return (loss, new_state) with new_state shaped like state "
+                f"(structure, shapes and dtypes): state {want}, new_state {got}")
+
+
+@functools.partial(jax.jit, static_argnums=(6, 7, 8, 9, 10, 11))
+def _fit(params, numbers, aux, tol, divergence, state, loss_fn, tx, eval_fn, steps,
+         record_every, objective):
+    objective = objective._replace(loss_fn=loss_fn.value)
     run = engine.run(
-        batch_source(loss_fn.value, has_aux), tx, params, steps=steps, aux=aux,
+        batch_source(objective), tx, params, steps=steps, aux=aux,
         opt_state=optimizers.init_state(tx, params, numbers), record_every=record_every,
-        gtol=tol, divergence=divergence, value=batch_value(loss_fn.value, has_aux),
-        record_fn=eval_fn.value,
+        gtol=tol, divergence=divergence, value=batch_value(objective),
+        record_fn=eval_fn.value, state=state, stateful=objective.stateful,
     )
-    data, _, args = aux
-    out = loss_fn.value(run.params, data, *args)
-    if has_aux:
-        return run._replace(loss=out[0], aux=out[1])
-    return run._replace(loss=out)
+    data, _, args, seed = aux
+    loss, (_, out) = objective(run.params, run.state, data, step_key(seed, jnp.int32(steps)),
+                               *args)
+    return run._replace(loss=loss, aux=out if objective.has_aux else None)

@@ -188,6 +188,8 @@ class Result(NamedTuple):
         divergence limit, or -1.
       history: the decimated :class:`History`.
       aux: with ``has_aux=True``, the objective's auxiliary output at ``params``; else ``None``.
+      state: the final untrained state of a run that threads one (``fit(state=...)``: batch
+        statistics, say); else ``None``.
     """
 
     params: PyTree
@@ -199,6 +201,7 @@ class Result(NamedTuple):
     diverged_at: jax.Array
     history: History
     aux: PyTree = None
+    state: PyTree = None
 
     def __repr__(self) -> str:
         if np.ndim(self.status) != 0 or isinstance(self.status, jax.core.Tracer):
@@ -215,7 +218,12 @@ class Result(NamedTuple):
 class Carry(NamedTuple):
     """The loop's state; ``flag`` is 0 while running, ``t + 1`` once converged at step ``t`` and
     ``-(t + 1)`` once diverged at step ``t``; ``ceiling`` the loss above which the run has
-    diverged (see :data:`DIVERGENCE_FACTOR`)."""
+    diverged (see :data:`DIVERGENCE_FACTOR`).
+
+    A run that threads an untrained state (see :class:`Problem`) carries it as ``state``, as it
+    stood after the ``t`` forward passes whose gradients made the updates so far, and as
+    ``next_state`` the state the forward pass that computed ``grad`` produced (the next update
+    commits it); without one both are ``()``."""
 
     params: PyTree
     opt_state: PyTree
@@ -223,6 +231,8 @@ class Carry(NamedTuple):
     grad: PyTree
     flag: jax.Array
     ceiling: jax.Array
+    state: PyTree = ()  # () without a state: no leaves, and not a None that reads as an axis
+    next_state: PyTree = ()
 
 
 class Problem(NamedTuple):
@@ -231,6 +241,12 @@ class Problem(NamedTuple):
     ``value`` is the loss alone, ``(params, t, aux) -> loss``, handed to transformations that
     search along a line (``optax.lbfgs``); ``extra`` says whether ``tx.update`` reads the loss
     (``value``, ``value_fn``), in which case every step is evaluated and passes them.
+
+    A *stateful* problem threads a state that is not trained (a model's batch statistics): its
+    source is ``(params, t, aux, state) -> (loss, grads, new_state)`` and its ``value``
+    ``(params, t, aux, state) -> loss``. Each update's forward pass moves the state once, as a
+    hand-written training loop does; the other evaluations (records, checks, the final loss)
+    read it without moving it.
     """
 
     value_and_grad: ValueAndGrad
@@ -241,6 +257,21 @@ class Problem(NamedTuple):
     divergence: jax.Array | None = None
     value: Callable | None = None
     extra: bool = False
+    stateful: bool = False
+
+    def evaluate(self, params: PyTree, t: jax.Array, state: PyTree) -> tuple:
+        """``(loss, grads, new_state)`` at ``params`` on step ``t``'s data (``new_state`` is
+        ``state`` for a problem without one)."""
+        if self.stateful:
+            return self.value_and_grad(params, t, self.aux, state)
+        loss, grad = self.value_and_grad(params, t, self.aux)
+        return loss, grad, state
+
+    def loss_fn(self, t: jax.Array, state: PyTree) -> Callable[[PyTree], jax.Array]:
+        """The loss alone at step ``t``'s data, ``params -> loss``."""
+        if self.stateful:
+            return lambda p: self.value(p, t, self.aux, state)
+        return lambda p: self.value(p, t, self.aux)
 
 
 def autodiff(f: Callable[[PyTree], jax.Array]) -> ValueAndGrad:
@@ -364,7 +395,12 @@ def step(c: Carry, t: jax.Array, problem: Problem, *, evaluate: bool, limit: int
       The carry after step ``t``.
     """
     running = (c.flag == 0) & (t <= limit)
-    grad = c.grad if evaluate else problem.value_and_grad(c.params, t - 1, problem.aux)[1]
+    if evaluate:  # the update commits the state of the forward pass that computed c.grad
+        grad, state = c.grad, _hold(running, c.next_state, c.state)
+    else:
+        _, grad, state = problem.evaluate(c.params, t - 1, c.state)
+        if hold != "none":
+            state = _hold(t <= limit, state, c.state)
     # a stopped run is evaluated at the step it stopped at: a step-dependent source (a
     # mini-batch) then repeats its stop's values
     t_eval = jnp.where(c.flag == 0, jnp.minimum(t, limit), jnp.abs(c.flag) - 1)
@@ -372,7 +408,7 @@ def step(c: Carry, t: jax.Array, problem: Problem, *, evaluate: bool, limit: int
         t_prev = jnp.where(c.flag == 0, jnp.minimum(t - 1, limit), jnp.abs(c.flag) - 1)
         updates, opt_state = problem.tx.update(
             grad, c.opt_state, c.params, value=c.loss, grad=grad,
-            value_fn=lambda p: problem.value(p, t_prev, problem.aux))
+            value_fn=problem.loss_fn(t_prev, c.state))
     else:
         updates, opt_state = problem.tx.update(grad, c.opt_state, c.params)
     if hold == "none":
@@ -383,14 +419,19 @@ def step(c: Carry, t: jax.Array, problem: Problem, *, evaluate: bool, limit: int
         params = jax.tree.map(lambda x, u: (x + keep.astype(x.dtype) * u).astype(x.dtype),
                               c.params, updates)
     if not evaluate:  # nothing stops inside a segment: it is checked at its end
-        return c._replace(params=params, opt_state=opt_state)
-    loss, grad = problem.value_and_grad(params, t_eval, problem.aux)
+        return c._replace(params=params, opt_state=opt_state, state=state)
+    loss, grad, next_state = problem.evaluate(params, t_eval, state)
     finite = bounded(loss, c.ceiling)
     flag = jnp.where(running & ~finite, -(t + 1), c.flag)
     met = _tolerance_met(loss, grad, c.loss, problem.gtol, problem.ftol)
     if met is not None:
         flag = jnp.where(running & finite & met, t + 1, flag)
-    return Carry(params, opt_state, loss, grad, flag, c.ceiling)
+    return Carry(params, opt_state, loss, grad, flag, c.ceiling, state, next_state)
+
+
+def _hold(keep: jax.Array, new: PyTree, old: PyTree) -> PyTree:
+    """``new`` where ``keep``, else ``old``: a state moves only with its run's updates."""
+    return jax.tree.map(lambda n, o: jnp.where(keep, n, o), new, old)
 
 
 def bounded(loss: jax.Array, ceiling: jax.Array) -> jax.Array:
@@ -450,18 +491,22 @@ def problem(
     ftol: Any = None,
     divergence: Any = DIVERGENCE_FACTOR,
     value: Callable | None = None,
+    stateful: bool = False,
+    state: PyTree = None,
 ) -> Problem:
     """The :class:`Problem` of a run, its tolerances and divergence factor in the loss's dtype.
 
     ``value`` (the loss alone, ``(params, t, aux) -> loss``) defaults to ``value_and_grad``'s
-    first output.
+    first output. ``stateful``: the source threads a state (see :class:`Problem`), whose start
+    is ``state``.
     """
-    dtype = jax.eval_shape(value_and_grad, params, jnp.int32(0), aux)[0].dtype
+    extra = (state,) if stateful else ()
+    dtype = jax.eval_shape(value_and_grad, params, jnp.int32(0), aux, *extra)[0].dtype
     cast = lambda tol: None if tol is None else jnp.asarray(tol, dtype)  # noqa: E731
     if value is None:
-        value = lambda p, t, a: value_and_grad(p, t, a)[0]  # noqa: E731
+        value = lambda p, t, a, *s: value_and_grad(p, t, a, *s)[0]  # noqa: E731
     return Problem(value_and_grad, tx, aux, cast(gtol), cast(ftol), cast(divergence), value,
-                   reads_loss(tx, params))
+                   reads_loss(tx, params), stateful)
 
 
 def reads_loss(tx: optax.GradientTransformation, params: PyTree) -> bool:
@@ -500,15 +545,16 @@ def _reads_loss(tx: optax.GradientTransformation, treedef: Any, shapes: tuple) -
     return bool(called) or used or value_var in closed.jaxpr.outvars
 
 
-def start(problem: Problem, params: PyTree, opt_state: PyTree) -> Carry:
+def start(problem: Problem, params: PyTree, opt_state: PyTree, state: PyTree = None) -> Carry:
     """The carry before step 1: the start evaluated and checked in full."""
-    loss, grad = problem.value_and_grad(params, jnp.int32(0), problem.aux)
+    state = () if state is None else state
+    loss, grad, next_state = problem.evaluate(params, jnp.int32(0), state)
     finite = jnp.isfinite(loss) & all_finite(params) & all_finite(grad)
     flag = jnp.where(finite, 0, -1)
     if problem.gtol is not None:
         flag = jnp.where(finite & (global_norm(grad) <= problem.gtol), 1, flag)
     return Carry(params, opt_state, loss, grad, flag.astype(jnp.int32),
-                 ceiling(loss, problem.divergence))
+                 ceiling(loss, problem.divergence), state, next_state)
 
 
 def run(
@@ -526,6 +572,8 @@ def run(
     value: Callable | None = None,
     record_params: bool = False,
     record_fn: Callable[[PyTree], PyTree] | None = None,
+    state: PyTree = None,
+    stateful: bool = False,
 ) -> Result:
     """Run up to ``steps`` updates of ``tx`` from ``params``: a pure, traceable function.
 
@@ -548,15 +596,19 @@ def run(
         start's loss; :data:`DIVERGENCE_FACTOR`); ``None``: only once it is non-finite.
       value: the loss alone, ``(params, t, aux) -> loss``, for a ``tx`` that reads it.
       record_params: also record the parameters (e.g. for trajectory plots).
-      record_fn: ``params -> pytree of arrays`` recorded beside the loss (e.g. a test loss).
+      record_fn: ``params -> pytree of arrays`` recorded beside the loss (e.g. a test loss);
+        ``(params, state) -> ...`` when ``stateful``.
+      state: the start of the untrained state a ``stateful`` source threads.
+      stateful: ``value_and_grad`` is ``(params, t, aux, state) -> (loss, grads, new_state)``
+        (see :class:`Problem`); ``result.state`` is the final state.
 
     Returns:
       A :class:`Result`.
     """
     opt_state = tx.init(params) if opt_state is None else opt_state
-    loop = Loop(problem(value_and_grad, tx, params, aux, gtol, ftol, divergence, value), steps,
-                record_every, record_params, record_fn)
-    first = start(loop.problem, params, opt_state)
+    loop = Loop(problem(value_and_grad, tx, params, aux, gtol, ftol, divergence, value,
+                        stateful, state), steps, record_every, record_params, record_fn)
+    first = start(loop.problem, params, opt_state, state)
     carry, records = loop.scan(first)
     return loop.finish(loop.replay(first, carry), records)
 
@@ -591,13 +643,12 @@ class Loop(NamedTuple):
         if loss is None:
             loss = c.loss
             if not self.evaluate:
-                loss, grad = self.problem.value_and_grad(c.params, t, self.problem.aux)
-        return (
-            loss,
-            global_norm(grad),
-            c.params if self.record_params else None,
-            None if self.record_fn is None else self.record_fn(c.params),
-        )
+                loss, grad, _ = self.problem.evaluate(c.params, t, c.state)
+        metrics = None
+        if self.record_fn is not None:
+            stateful = self.problem is not None and self.problem.stateful
+            metrics = self.record_fn(c.params, c.state) if stateful else self.record_fn(c.params)
+        return (loss, global_norm(grad), c.params if self.record_params else None, metrics)
 
     def steps_from(self, c: Carry, t0: jax.Array, n: int) -> Carry:
         """``n`` steps after step ``t0`` (static ``n``; the step count is carried, not scanned
@@ -644,9 +695,9 @@ class Loop(NamedTuple):
                 c, records = self.steps_from(c, t0, n_blocks * k), None
             if not self.evaluate:  # the segment's one check, and a current loss and gradient
                 t1 = jnp.minimum(t0 + n_blocks * k, self.steps)
-                loss, grad = self.problem.value_and_grad(c.params, t1, self.problem.aux)
+                loss, grad, next_state = self.problem.evaluate(c.params, t1, c.state)
                 flag = jnp.where(running & ~bounded(loss, c.ceiling), -(t1 + 1), c.flag)
-                c = c._replace(loss=loss, grad=grad, flag=flag)
+                c = c._replace(loss=loss, grad=grad, flag=flag, next_state=next_state)
             return c, records
 
         def skip(c):
@@ -791,8 +842,9 @@ class Loop(NamedTuple):
                             jnp.arange(-(-self.steps // size), dtype=jnp.int32))
         r, good = state
         good = _keep_good(r, jnp.int32(self.steps + 1), good)
-        loss, grad = self.problem.value_and_grad(good, self.steps_taken(r.flag), self.problem.aux)
-        return optax.tree.where(marked, Carry(good, c.opt_state, loss, grad, r.flag, c.ceiling), c)
+        loss, grad, next_state = self.problem.evaluate(good, self.steps_taken(r.flag), r.state)
+        return optax.tree.where(
+            marked, Carry(good, c.opt_state, loss, grad, r.flag, c.ceiling, r.state, next_state), c)
 
     def steps_taken(self, flag: jax.Array) -> jax.Array:
         """Updates applied by a run with this flag (a diverged run's last one is undone)."""
@@ -839,6 +891,7 @@ class Loop(NamedTuple):
             steps=self.steps_taken(flag),
             diverged_at=jnp.where(diverged, stop, -1).astype(jnp.int32),
             history=History(jnp.asarray(at), *history),
+            state=c.state if self.problem.stateful else None,
         )
 
 

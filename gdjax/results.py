@@ -165,6 +165,8 @@ class SweepResult:
         steps); ``None`` when read back from CSV.
       aux: with ``has_aux=True``, each config's auxiliary output at its final parameters (a
         pytree with a leading config axis); else ``None``. Not written to CSV or JSON.
+      state: with ``state=`` (``fit``-style), each config's final untrained state (a pytree with a
+        leading config axis); else ``None``. Written to npz, not to CSV or JSON.
     """
 
     grid: dict[str, Any]
@@ -177,6 +179,7 @@ class SweepResult:
     diverged_at: np.ndarray
     history: History | None = None
     aux: PyTree = None
+    state: PyTree = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.status, StatusArray):
@@ -215,6 +218,7 @@ class SweepResult:
             diverged_at=self.diverged_at[i],
             history=None if self.history is None else take(self.history),
             aux=None if self.aux is None else take(self.aux),
+            state=None if self.state is None else take(self.state),
         )
 
     def counts(self) -> dict[str, int]:
@@ -576,7 +580,7 @@ class SweepResult:
             "format": _FORMAT,
             "version": 2,
             "grid": {name: _encode(values) for name, values in self.grid.items()},
-            "params": _encode(self.params),
+            "params": _encode(_arrays_only(self.params, "params", "JSON")),
             **{name: _encode(self.status.names() if name == "status" else getattr(self, name))
                for name in _SCALARS},
             "history": None
@@ -653,10 +657,11 @@ class SweepResult:
             "format": _FORMAT,
             "version": 1,
             "grid": {name: put(values) for name, values in self.grid.items()},
-            "params": put(self.params),
+            "params": put(_arrays_only(self.params, "params", ".npz")),
             **{name: put(np.asarray(getattr(self, name))) for name in _SCALARS},
             "history": None if self.history is None or not history
             else {f: put(getattr(self.history, f)) for f in History._fields},
+            "state": None if self.state is None else put(_arrays_only(self.state, "state", ".npz")),
         }
         with open(path, "wb") as fh:
             np.savez(fh, **arrays, **{_NPZ_MARK: np.asarray(json.dumps(doc))})
@@ -684,6 +689,7 @@ class SweepResult:
                 **{name: get(doc[name]) for name in _SCALARS},
                 history=None if history is None
                 else History(**{f: get(v) for f, v in history.items()}),
+                state=None if doc.get("state") is None else get(doc["state"]),
             )
         except (OSError, EOFError, KeyError, ValueError, TypeError, AttributeError,
                 zipfile.BadZipFile) as e:
@@ -884,6 +890,25 @@ def _dotted_columns(name: str, tree: PyTree) -> dict[str, np.ndarray]:
 # --- NPZ helpers --------------------------------------------------------------------------------
 
 _NPZ_MARK = "__gdjax__"
+
+
+_WRITABLE = (np.ndarray, np.generic, jax.Array, int, float, bool, str)
+
+
+def _arrays_only(tree: PyTree, name: str, where: str) -> PyTree:
+    """``tree`` with each leaf that is not an array or a number (a model's activation function,
+    say: an equinox module passed as parameters) replaced by ``None``, with a warning naming
+    them: the arrays are written, and those leaves read back as ``None``."""
+    leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
+    dropped = [jax.tree_util.keystr(p) for p, x in leaves if not isinstance(x, _WRITABLE)]
+    if not dropped:
+        return tree
+    shown = ", ".join(f"{name}{d}" for d in dropped[:4]) + (", ..." if len(dropped) > 4 else "")
+    warnings.warn(
+        f"{len(dropped)} leaves of {name} are not arrays and are not written to {where}: "
+        f"{shown} (a model's functions or settings); they read back as None, the arrays "
+        "beside them in full", UserWarning, stacklevel=3)
+    return jax.tree.map(lambda x: x if isinstance(x, _WRITABLE) else None, tree)
 
 
 def _npz_encode(tree: PyTree, arrays: dict[str, np.ndarray]) -> Any:

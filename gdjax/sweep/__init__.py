@@ -87,6 +87,8 @@ def sweep(
     args: Any = (),
     has_aux: bool = False,
     divergence: float | None = DIVERGENCE_FACTOR,
+    state: PyTree = None,
+    rng: bool = False,
     **hyperparameters: Any,
 ) -> SweepResult:
     """Run every config of a grid, each as :func:`gdjax.minimize` (or :func:`gdjax.fit`) would.
@@ -149,8 +151,19 @@ def sweep(
       divergence: a config has diverged once its loss is non-finite or passes
         ``f0 + divergence * max(|f0|, 1)`` (see :func:`gdjax.minimize`); ``None``: only a
         non-finite loss.
+      state: with ``data``, an untrained state threaded through each config's steps, as in
+        :func:`gdjax.fit` (``f(params, state, batch, *args) -> (loss, new_state)``,
+        ``eval_fn(params, state)``); every config starts from it and ``result.state`` holds each
+        config's final state.
+      rng: with ``data``, call ``f(..., key=key)`` with a PRNG key new at every step derived
+        from the config's seed, as :func:`gdjax.fit` does: a ``seed`` axis varies the keys
+        (dropout) along with the batch order, and a config equals ``fit`` with its seed.
       **hyperparameters: fixed hyperparameters of the optimiser for every config (a number, or an
         optax schedule for ``learning_rate``).
+
+    A start that is not all arrays (an equinox module, a pytree with ``None``, ints or functions
+    among its leaves) is trained on its floating-point arrays and the other leaves are carried
+    unchanged (``result.params`` has the start's structure); such a start cannot be a grid axis.
 
     Returns:
       A :class:`gdjax.results.SweepResult`, configs in grid order.
@@ -189,19 +202,34 @@ def sweep(
         raise TypeError(f"eval_fn must be callable or None, got eval_fn={eval_fn!r}")
     if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
         raise TypeError(f"seed must be an int, got seed={seed!r}")
-    inputs.injected("optimizer", optimizer, grid, x0)
+    rng = inputs.flag("rng", rng)
+    if not fit_style and (state is not None or rng):
+        raise ValueError(
+            f"state= and rng=True need data (a fit-style sweep), got state={state!r}, rng={rng}")
 
     with inputs.precision(x0):
         # NumPy starts stay on the host: the program's dispatch moves them (an eager
         # conversion here cost ~0.1 ms a sweep)
-        x0 = inputs.float_params("x0", x0, keep_numpy=True)
+        x0, rebuild = inputs.trainable("x0", x0, keep_numpy=True)
+        if rebuild is not None and "x0" in grid:
+            raise ValueError(
+                "grid axis 'x0' needs a start of floating-point arrays only, got x0 with leaves "
+                "that are not trained (a module's functions, ints, None): sweep the other axes, "
+                "or make the start an array pytree (e.g. eqx.partition(model, eqx.is_array))")
+        inputs.injected("optimizer", optimizer, grid, x0)
+        f = inputs.bind(f, rebuild)
+        eval_fn = None if eval_fn is None else inputs.bind(eval_fn, rebuild)
         args = descent.extra_args(args)
+        start_state = batching.model_state(state)
         if fit_style:
             data = jax.tree.map(jnp.asarray, data)
             n = batching.sample_count(data)
-            loss_dtype = descent.check_objective(
-                "f", f, has_aux, x0, jax.tree.map(lambda a: a[:1], data), *args
-            ).dtype
+            objective = batching.Objective(f, has_aux, start_state is not None, rng)
+            first = jax.tree.map(lambda a: a[:1], data)
+            batching.check_objective("f", objective, x0, start_state, first, args)
+            key = batching.step_key(jnp.uint32(0), jnp.int32(0)) if rng else None
+            loss_dtype = jax.eval_shape(lambda *a: objective(*a), x0, start_state, first, key,
+                                        *args)[0].dtype
         else:
             n = 0
             loss_dtype = descent.check_objective("f", f, has_aux, x0, *args).dtype
@@ -230,7 +258,9 @@ def sweep(
             "args": args,
             "data": data,
             "orders": None,
+            "seeds": None,
             "seed_index": np.int32(0),
+            "state": start_state,
         }
         # (the config index: every program maps at least this over the configs)
         varying = {"config": np.arange(count, dtype=np.int32),
@@ -238,10 +268,13 @@ def sweep(
                              if k not in grid_.SPECIAL}}
         if "x0" in axes:
             varying["x0"] = axes["x0"]
-        if fit_style and np.any(batch_sizes < n):
+        if fit_style and (np.any(batch_sizes < n) or rng):
             seeds = axes["seed"] if "seed" in axes else np.array([seed])
             unique, index = np.unique(seeds, return_inverse=True)
-            shared["orders"] = grid_.orders(unique, n, epochs)
+            if np.any(batch_sizes < n):
+                shared["orders"] = grid_.orders(unique, n, epochs)
+            if rng:
+                shared["seeds"] = batching.run_seed(unique)
             if "seed" in axes:
                 varying["seed_index"] = index.astype(np.int32)
 
@@ -260,6 +293,7 @@ def sweep(
                 f=inputs.static(f), tx=tx, grad=grad, steps=group_steps, record_every=every,
                 record_params=bool(record_params), eval_fn=inputs.static(eval_fn), n=n,
                 batch_size=int(b), epochs=epochs, mesh=mesh, has_aux=has_aux,
+                stateful=start_state is not None, rng=rng,
             )
             groups.append((static, np.flatnonzero(batch_sizes == b) if len(sizes) > 1
                            else np.arange(count)))
@@ -269,6 +303,7 @@ def sweep(
             describe=runner.describe(f, optimizer, eval_fn),
             compact=inputs.flag("compact", compact),
         )
+    out = descent.rebuilt(out, rebuild)  # the carried leaves back (the same for every config)
     return SweepResult(grid=axes, **out._asdict())
 
 

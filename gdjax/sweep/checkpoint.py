@@ -345,7 +345,7 @@ def _is_library_file(filename: str) -> bool:
 def _is_library(obj: Any) -> bool:
     """Code from the standard library, an installed package or gdjax: named, not hashed."""
     code = getattr(obj, "__code__", None)
-    if code is not None:
+    if isinstance(code, types.CodeType):  # (a class may hold a descriptor by that name)
         return _is_library_file(code.co_filename)
     module = getattr(obj, "__module__", None)
     file = getattr(sys.modules.get(module), "__file__", None) if module else None

@@ -55,6 +55,13 @@ class Static(NamedTuple):
     epochs: int
     mesh: jax.sharding.Mesh
     has_aux: bool = False
+    stateful: bool = False  # f threads shared["state"] (fit(state=...))
+    rng: bool = False  # f takes a per-step key (fit(rng=True))
+
+    def objective(self) -> batching.Objective:
+        """The fit-style objective, ``(params, state, batch, key, *args) -> (loss, (new_state,
+        aux))``."""
+        return batching.Objective(self.f.value, self.has_aux, self.stateful, self.rng)
 
 
 def setup(one: PyTree, shared: PyTree, static: Static) -> tuple[engine.Loop, engine.Carry]:
@@ -65,24 +72,26 @@ def setup(one: PyTree, shared: PyTree, static: Static) -> tuple[engine.Loop, eng
     f = static.f.value
     if static.n:
         indices = None
+        seed_index = one.get("seed_index", shared["seed_index"])
         if static.batch_size < static.n:
             # batch_schedule's rows, cut from the config seed's per-epoch sample orders
-            orders = shared["orders"][one.get("seed_index", shared["seed_index"])]
+            orders = shared["orders"][seed_index]
             per_epoch = static.n // static.batch_size
             indices = orders[:, : per_epoch * static.batch_size].reshape(-1, static.batch_size)
-        aux = (shared["data"], indices, shared["args"])
-        source = batching.batch_source(f, static.has_aux)
-        value = batching.batch_value(f, static.has_aux)
+        seed = shared["seeds"][seed_index] if static.rng else None
+        aux = (shared["data"], indices, shared["args"], seed)
+        source = batching.batch_source(static.objective())
+        value = batching.batch_value(static.objective())
     else:
         aux = shared["args"]
         source = descent.gradient_source(f, static.grad, static.has_aux)
         loss = descent.value_of(f, static.has_aux)
         value = lambda x, t, args: loss(x, *args)  # noqa: E731
     problem = engine.problem(source, static.tx, x0, aux, shared["tol"], shared["ftol"],
-                             shared["divergence"], value)
+                             shared["divergence"], value, static.stateful, shared["state"])
     loop = engine.Loop(problem, static.steps, static.record_every, static.record_params,
                        static.eval_fn.value)
-    return loop, engine.start(problem, x0, opt_state)
+    return loop, engine.start(problem, x0, opt_state, shared["state"])
 
 
 def shape(shared: PyTree, static: Static) -> engine.Loop:
@@ -157,10 +166,11 @@ def _finish(varying, shared, carry, buffer, static, axes) -> engine.Result:
         result = loop.finish(c, loop.trim(jax.tree.map(lambda r: r[None], b)))
         f, args = static.f.value, shared["args"]
         if static.n:  # fit reports the loss over the whole data set
-            out = f(result.params, shared["data"], *args)
-            result = result._replace(loss=out[0] if static.has_aux else out)
-            if static.has_aux:
-                result = result._replace(aux=out[1])
+            seed = loop.problem.aux[3]
+            loss, (_, out) = static.objective()(result.params, result.state, shared["data"],
+                                                batching.step_key(seed, jnp.int32(static.steps)),
+                                                *args)
+            result = result._replace(loss=loss, aux=out if static.has_aux else None)
         elif static.has_aux:
             result = result._replace(aux=f(result.params, *args)[1])
         return result
