@@ -165,7 +165,14 @@ def test_other_pytree_nodes_are_written_and_read_back_as_dicts_with_a_warning(tm
     np.testing.assert_array_equal(back.params["b"]["inner"], params.b.inner)
 
 
-def test_a_leaf_that_is_not_an_array_is_refused_by_name(tmp_path):
-    res = result(params={"w": np.zeros((3, 2)), "act": jnp.tanh})
-    with pytest.raises(TypeError, match="cannot write a leaf of type PjitFunction to JSON"):
-        res.to_json(tmp_path / "r.json")
+@pytest.mark.parametrize("ext", [".json", ".npz"])
+def test_a_leaf_that_is_not_an_array_is_named_and_read_back_as_none(tmp_path, ext):
+    # a model's function (an equinox module's activation) is not data: the arrays beside it are
+    # written in full, and a warning names what is not
+    res = result(params={"w": np.arange(6.0).reshape(3, 2), "act": jnp.tanh})
+    path = tmp_path / f"r{ext}"
+    with pytest.warns(UserWarning, match=r"not written to .*params\['act'\]"):
+        res.to_json(path) if ext == ".json" else res.to_npz(path)
+    back = load(path)
+    assert back.params["act"] is None
+    np.testing.assert_array_equal(back.params["w"], res.params["w"])
