@@ -133,7 +133,7 @@ def test_a_diverged_run_keeps_a_finite_state():
     assert int(res.state["count"]) == int(res.diverged_at)
 
 
-def test_fit_with_state_composes_with_jit_and_grad():
+def test_fit_with_state_composes_with_jit_grad_and_vmap():
     def final(lr):
         return gdjax.fit(stat_loss, P0, (X, Y), optimizer="sgd", learning_rate=lr,
                          batch_size=8, epochs=1, state=S0).loss
@@ -141,6 +141,16 @@ def test_fit_with_state_composes_with_jit_and_grad():
     g = jax.jit(jax.grad(final))(0.1)
     fd = (final(0.1 + 1e-3) - final(0.1 - 1e-3)) / 2e-3
     np.testing.assert_allclose(g, fd, rtol=2e-2)
+
+    def run(lr):
+        return gdjax.fit(stat_drop_loss, P0, (X, Y), optimizer="sgd", learning_rate=lr,
+                         batch_size=8, epochs=1, state=S0, rng=True)
+
+    batched = jax.vmap(run)(jnp.array([0.1, 0.4]))
+    for i, lr in enumerate((0.1, 0.4)):
+        alone = run(lr)
+        np.testing.assert_allclose(batched.state["mean"][i], alone.state["mean"], rtol=1e-6)
+        np.testing.assert_allclose(batched.loss[i], alone.loss, rtol=1e-6)
 
 
 def test_bad_state_and_rng_inputs():
