@@ -324,10 +324,13 @@ def check_objective(name: str, objective: Objective, params: PyTree, state: PyTr
             loss.dtype, jnp.floating):
         raise TypeError(f"{name}{call} must return a floating-point scalar loss first, got "
                         f"{loss!r}")
-    if objective.stateful:
-        want = jax.tree.map(lambda a: (a.shape, a.dtype), state)
-        got = jax.tree.map(lambda a: (a.shape, getattr(a, "dtype", None)), new_state)
-        if jax.tree.structure(want) != jax.tree.structure(got) or want != got:
+    if objective.stateful:  # (compared as flat lists: a node such as eqx.nn.State may
+        # compare by identity)
+        leaves, treedef = jax.tree.flatten(state)
+        new_leaves, new_treedef = jax.tree.flatten(new_state)
+        want = [(a.shape, a.dtype) for a in leaves]
+        got = [(np.shape(a), getattr(a, "dtype", None)) for a in new_leaves]
+        if treedef != new_treedef or want != got:
             raise TypeError(
                 f"{name}{call} must return (loss, new_state) with new_state shaped like state "
                 f"(structure, shapes and dtypes): state {want}, new_state {got}")

@@ -181,8 +181,9 @@ def trainable(name: str, tree: PyTree, *, keep_numpy: bool = False
     """Split ``tree`` into its trained part and the rest (the static leaves).
 
     The trained leaves are the inexact arrays (the ``equinox.is_inexact_array`` rule: jax or
-    NumPy arrays of a floating or complex dtype) and Python floats; everything else (an
-    ``equinox`` module's activation function, ``None``, Python ints and bools, integer arrays,
+    NumPy arrays of a floating or complex dtype) and Python floats held in plain containers
+    (``1.0``, ``[-3.0, 4.0]``, ``{"w": 0.5}``); everything else (an ``equinox`` module's
+    activation function or dropout rate, ``None``, Python ints and bools, integer arrays,
     strings) is carried unchanged.
 
     Returns ``(train, rebuild)``: ``train`` has the structure of ``tree`` with ``None`` in place of
@@ -200,11 +201,18 @@ def trainable(name: str, tree: PyTree, *, keep_numpy: bool = False
     kept = (jax.Array, np.ndarray) if keep_numpy else jax.Array
     out = []
     static_at = []  # (position, leaf) of the leaves carried unchanged
+    paths = None
     for i, leaf in enumerate(leaves):
         if isinstance(leaf, kept):
             dtype = leaf.dtype
         elif type(leaf) is float:
-            out.append(jnp.asarray(leaf))
+            if paths is None:
+                paths = [p for p, _ in jax.tree_util.tree_flatten_with_path(tree)[0]]
+            if all(isinstance(k, _PLAIN_KEYS) for k in paths[i]):
+                out.append(jnp.asarray(leaf))
+            else:  # a module's or dataclass's setting (eqx.nn.Dropout's rate): carried
+                static_at.append((i, leaf))
+                out.append(None)
             continue
         elif isinstance(leaf, jax.Array | np.ndarray | np.generic):
             dtype = leaf.dtype
@@ -225,6 +233,11 @@ def trainable(name: str, tree: PyTree, *, keep_numpy: bool = False
     if len(static_at) == len(leaves):
         _no_trainable(name, tree, treedef, static_at)
     return treedef.unflatten(out), Rebuild(treedef, tuple(static_at))
+
+
+_PLAIN_KEYS = (jax.tree_util.DictKey, jax.tree_util.SequenceKey)
+"""Path entries of plain containers (dicts, lists, tuples): a Python float reached only through
+them is a number to train; one that is a field of a class (a module's setting) is carried."""
 
 
 def trained_part(rebuild: Rebuild | None, tree: PyTree) -> PyTree:

@@ -230,3 +230,23 @@ def test_minimize_carries_int_and_none_leaves():
     assert float(res.loss) < 1.01 and abs(float(res.params["s"])) < 0.1  # sum(k) = 1 stays
     x = gdjax.gradient_descent(_mixed_loss, _mixed(), lr=0.05, step_num=5)
     assert x["n"] == 3 and x["z"] is None and float(x["s"]) < 0.5
+
+
+def test_python_floats_train_in_plain_containers_and_are_carried_as_a_modules_settings():
+    # x0=[-3.0, 4.0] or {"w": 0.5} are numbers to train; a module's float field (a dropout
+    # rate, a norm's eps) is a setting, carried as equinox's is_inexact_array rule says
+    train, rebuild = inputs.trainable("x0", [-3.0, 4.0])
+    assert rebuild is None and all(isinstance(a, jax.Array) for a in train)
+    train, rebuild = inputs.trainable("x0", {"w": 0.5, "n": 3})
+    assert isinstance(train["w"], jax.Array) and train["n"] is None
+
+    class Net(eqx.Module):
+        lin: eqx.nn.Linear
+        drop: eqx.nn.Dropout
+
+    net = Net(eqx.nn.Linear(2, 1, key=jax.random.key(0)), eqx.nn.Dropout(0.3))
+    train, rebuild = inputs.trainable("x0", net)
+    assert train.drop.p is None and isinstance(train.lin.weight, jax.Array)
+    res = gdjax.minimize(lambda m: jnp.sum(m.lin(jnp.ones(2)) ** 2), net, "sgd",
+                         learning_rate=0.1, steps=5)
+    assert res.params.drop.p == 0.3 and type(res.params.drop.p) is float
