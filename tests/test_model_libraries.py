@@ -353,6 +353,22 @@ def test_eqx_mlp_hessian_top_eigenvalue(eqx_mlp, digits):
     np.testing.assert_allclose(float(top.eigenvalue), want, rtol=2e-3)
 
 
+@pytest.mark.xfail(strict=True, raises=(IndexError, TypeError), reason=(
+    "gdjax bug: SweepResult.result(i) and best() index every leaf of params with [i], the "
+    "module's activation functions too (results.py: result's take, _best)"))
+def test_eqx_mlp_sweep_gives_each_config_back_as_a_module(eqx_mlp, digits):
+    eqx, mlp = eqx_mlp["eqx"], eqx_mlp["mlp"]
+    batch = jax.tree.map(lambda a: a[:64], digits[0])
+    res = gdjax.sweep(lambda m: eqx_mlp["loss"](m, batch), mlp, "sgd",
+                      grid={"learning_rate": [0.1, 0.3]}, steps=5, progress=False)
+    assert isinstance(res.params, eqx.nn.MLP) and res.params.activation is jnp.tanh
+    assert res.params.layers[0].weight.shape == (2, HIDDEN, 64)  # a leading config axis
+    for one in (res.result(1).params, res.best().params):
+        assert isinstance(one, eqx.nn.MLP) and one.activation is jnp.tanh
+    np.testing.assert_array_equal(res.result(1).params.layers[0].weight,
+                                  res.params.layers[0].weight[1])
+
+
 @pytest.mark.xfail(strict=True, raises=TypeError, reason=(
     "gdjax bug: fit's check that new_state is shaped like state compares the two trees of "
     "(shape, dtype) with !=, and eqx.nn.State compares by identity, so every eqx.nn.State is "
