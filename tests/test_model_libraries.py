@@ -369,10 +369,6 @@ def test_eqx_mlp_sweep_gives_each_config_back_as_a_module(eqx_mlp, digits):
                                   res.params.layers[0].weight[1])
 
 
-@pytest.mark.xfail(strict=True, raises=TypeError, reason=(
-    "gdjax bug: fit's check that new_state is shaped like state compares the two trees of "
-    "(shape, dtype) with !=, and eqx.nn.State compares by identity, so every eqx.nn.State is "
-    "refused (batching.check_objective)"))
 def test_eqx_batchnorm_state_through_fit(digits):
     """An equinox model with ``eqx.nn.BatchNorm`` through ``fit(state=...)``: its ``eqx.nn.State``
     moves once per update and comes back."""
@@ -417,10 +413,6 @@ def test_eqx_batchnorm_state_through_fit(digits):
     assert float(accuracy(logits, test["y"])) > 0.5
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "gdjax bug: inputs.trainable trains Python floats, against the eqx.is_inexact_array rule "
-    "of issue 17, so eqx.nn.Dropout's rate p comes back as a float32 array (and moves under "
-    "weight decay)"))
 def test_eqx_dropout_rate_is_carried_not_trained(digits):
     """``eqx.nn.Dropout`` through ``fit(rng=True)``: its rate ``p``, a Python float, is not an
     inexact array, so it comes back as it went in."""
