@@ -299,20 +299,21 @@ def model_state(state: PyTree) -> PyTree:
 
 
 def check_objective(name: str, objective: Objective, params: PyTree, state: PyTree,
-                    batch: PyTree, args: tuple) -> None:
-    """Check ``objective``'s loss function on one batch, abstractly: a scalar loss, and with a
-    state a new state of the same structure, shapes and dtypes."""
+                    batch: PyTree, args: tuple) -> np.dtype:
+    """Check ``objective``'s loss function on one batch, abstractly (cached per function and
+    shapes, as :func:`gdjax.inputs.abstract`): a scalar loss, and with a state a new state of
+    the same structure, shapes and dtypes. Returns the loss's dtype."""
     loss_fn = objective.loss_fn
     if not (objective.stateful or objective.rng):
-        descent.check_objective(name, loss_fn, objective.has_aux, params, batch, *args)
-        return
+        return descent.check_objective(name, loss_fn, objective.has_aux, params, batch,
+                                       *args).dtype
     if not callable(loss_fn):
         raise TypeError(f"{name} must be callable, got {name}={loss_fn!r}")
     key = step_key(jnp.uint32(0), jnp.int32(0)) if objective.rng else None
     call = ("(params, state, batch" if objective.stateful else "(params, batch") + (
         ", *args" if args else "") + (", key=key)" if objective.rng else ")")
     try:
-        out = jax.eval_shape(lambda *a: objective(*a), params, state, batch, key, *args)
+        out = inputs.abstract(objective, params, state, batch, key, *args)
     except TypeError as e:
         raise TypeError(f"{name} must be callable as {name}{call}: {e}") from None
     except ValueError as e:  # unpacking a result of the wrong shape
@@ -334,6 +335,7 @@ def check_objective(name: str, objective: Objective, params: PyTree, state: PyTr
             raise TypeError(
                 f"{name}{call} must return (loss, new_state) with new_state shaped like state "
                 f"(structure, shapes and dtypes): state {want}, new_state {got}")
+    return loss.dtype
 
 
 @functools.partial(jax.jit, static_argnums=(6, 7, 8, 9, 10, 11))

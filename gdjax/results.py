@@ -213,7 +213,7 @@ class SweepResult:
         i = self._index(i)
         take = lambda tree: jax.tree.map(lambda a: np.asarray(a)[i], tree)  # noqa: E731
         return Result(
-            params=take(self.params), loss=self.loss[i], best_loss=self.best_loss[i],
+            params=_config_params(self.params, i), loss=self.loss[i], best_loss=self.best_loss[i],
             grad_norm=self.grad_norm[i], status=self.status[i], steps=self.steps[i],
             diverged_at=self.diverged_at[i],
             history=None if self.history is None else take(self.history),
@@ -313,7 +313,8 @@ class SweepResult:
         diverge and ended finite; ``configs`` and ``diverged`` count each group.
 
         Args:
-          by: grid axes to group by (not ``x0``), e.g. ``["learning_rate"]``; ``[]`` for one
+          by: grid axes to group by (not ``x0``), e.g. ``["learning_rate"]`` (or one name,
+            ``"learning_rate"``); ``[]`` for one
             group of all configs.
           metrics: names from :meth:`metrics` (default: ``loss`` and every ``eval_fn`` metric).
 
@@ -326,7 +327,7 @@ class SweepResult:
         Raises:
           ValueError: an unknown axis or metric, or ``x0`` in ``by``.
         """
-        by = list(by)
+        by = [by] if isinstance(by, str) else list(by)  # one axis may be named alone
         for axis in by:
             if axis not in self.grid or axis == "x0":
                 raise ValueError(f"by must name grid axes other than x0 ({list(self.grid)}), "
@@ -396,7 +397,7 @@ class SweepResult:
     def _best(self, i: int, config: dict[str, Any], value: float,
               members: tuple[int, ...]) -> Best:
         return Best(index=i, config=config, loss=float(self.loss[i]),
-                    params=jax.tree.map(lambda a: np.asarray(a[i]), self.params),
+                    params=_config_params(self.params, i),
                     value=value, configs=members)
 
     def table(self, top: int | None = None) -> Table:
@@ -736,6 +737,8 @@ def _spread(name: str, values: PyTree, tree: bool) -> list[tuple[str, np.ndarray
         return [(name, np.asarray(values))]
     out = []
     for path, leaf in jax.tree_util.tree_flatten_with_path(values)[0]:
+        if not _per_config(leaf):
+            continue
         leaf = np.asarray(leaf)
         prefix = name + jax.tree_util.keystr(path)
         for index in np.ndindex(leaf.shape[1:]):
@@ -880,6 +883,8 @@ def _dotted_columns(name: str, tree: PyTree) -> dict[str, np.ndarray]:
     """One column per element of each leaf of a pytree with a leading config axis."""
     out = {}
     for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+        if not _per_config(leaf):
+            continue
         leaf = np.asarray(leaf)
         prefix = ".".join(filter(None, [name, _dotted(path)]))
         for index in np.ndindex(leaf.shape[1:]):
@@ -893,6 +898,23 @@ _NPZ_MARK = "__gdjax__"
 
 
 _WRITABLE = (np.ndarray, np.generic, jax.Array, int, float, bool, str)
+
+
+def _per_config(leaf: Any) -> bool:
+    """Whether ``leaf`` has a config axis: an array of at least one dimension, not a module's
+    function or setting carried unchanged (those are not columns)."""
+    return isinstance(leaf, np.ndarray | jax.Array) and leaf.ndim > 0
+
+
+def _config_params(params: PyTree, i: int) -> PyTree:
+    """Config ``i``'s parameters: the row of every trained (floating-point) array; the leaves
+    carried unchanged (a module's functions and settings) are the same for every config."""
+    def row(a):
+        if isinstance(a, np.ndarray | jax.Array) and np.issubdtype(a.dtype, np.inexact):
+            return np.asarray(a[i])
+        return a
+
+    return jax.tree.map(row, params)
 
 
 def _arrays_only(tree: PyTree, name: str, where: str) -> PyTree:

@@ -354,9 +354,6 @@ def test_eqx_mlp_hessian_top_eigenvalue(eqx_mlp, digits):
     np.testing.assert_allclose(float(top.eigenvalue), want, rtol=2e-3)
 
 
-@pytest.mark.xfail(strict=True, raises=(IndexError, TypeError), reason=(
-    "gdjax bug: SweepResult.result(i) and best() index every leaf of params with [i], the "
-    "module's activation functions too (results.py: result's take, _best)"))
 def test_eqx_mlp_sweep_gives_each_config_back_as_a_module(eqx_mlp, digits):
     eqx, mlp = eqx_mlp["eqx"], eqx_mlp["mlp"]
     batch = jax.tree.map(lambda a: a[:64], digits[0])

@@ -56,3 +56,16 @@ def test_result_files_keep_a_modules_arrays_and_name_its_functions(tmp_path, ext
         np.testing.assert_allclose(back.params["layers"][i]["weight"], layer.weight, rtol=1e-7)
         np.testing.assert_allclose(back.params["layers"][i]["bias"], layer.bias, rtol=1e-7)
     np.testing.assert_array_equal(back.loss, res.loss)
+
+
+def test_tables_of_a_module_sweep_have_its_arrays_as_columns(tmp_path):
+    res = run(model())
+    columns = res.to_pandas().columns
+    assert any(c.startswith("params.layers.0.weight") for c in columns)
+    assert not any("activation" in c for c in columns)
+    res.to_csv(tmp_path / "r.csv")
+    back = gdjax.load(tmp_path / "r.csv")  # a dict keyed by leaf path
+    np.testing.assert_allclose(back.params[".layers[1].bias"], res.params.layers[1].bias,
+                               rtol=1e-6)
+    rows = res.summary("learning_rate")  # one axis may be named alone
+    np.testing.assert_array_equal(rows["learning_rate"], [1e-3, 1e-2])

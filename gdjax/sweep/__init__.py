@@ -226,10 +226,7 @@ def sweep(
             n = batching.sample_count(data)
             objective = batching.Objective(f, has_aux, start_state is not None, rng)
             first = jax.tree.map(lambda a: a[:1], data)
-            batching.check_objective("f", objective, x0, start_state, first, args)
-            key = batching.step_key(jnp.uint32(0), jnp.int32(0)) if rng else None
-            loss_dtype = jax.eval_shape(lambda *a: objective(*a), x0, start_state, first, key,
-                                        *args)[0].dtype
+            loss_dtype = batching.check_objective("f", objective, x0, start_state, first, args)
         else:
             n = 0
             loss_dtype = descent.check_objective("f", f, has_aux, x0, *args).dtype
