@@ -181,7 +181,7 @@ def test_batch_any_reduces_over_the_vmapped_axis_and_keeps_a_cond():
 
 def test_history_after_a_stop_holds_the_final_state():
     for kw in (dict(gtol=1e-6, record_every=7), dict(record_every=7, ftol=1e-12)):
-        run = jax.vmap(lambda lr, kw=kw: _sgd_run(lr, steps=300, **kw))(LRS)
+        run = jax.jit(jax.vmap(lambda lr, kw=kw: _sgd_run(lr, steps=300, **kw)))(LRS)
         steps = np.asarray(run.history.step[0])
         for i in range(len(LRS)):
             loss = np.asarray(run.history.loss[i])

@@ -15,7 +15,9 @@ import pytest
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 SCRIPTS = sorted(p.name for p in EXAMPLES.glob("*.py"))
-COST = {"keskar_study.py": 20, "digits_batch_size.py": 10}  # rough seconds, to start them first
+# rough CPU seconds in fast mode (measured), to start the longest first; the rest cost 3-6
+COST = {"keskar_study.py": 18, "equinox_mlp.py": 18, "digits_batch_size.py": 15,
+        "optimizer_race.py": 10}
 PICTURES = {
     "optimizer_race.py": ["optimizer_race.png"],
     "lr_sweep_quadratic.py": ["lr_sweep_quadratic.png", "lr_sweep_loss_curves.png"],

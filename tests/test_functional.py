@@ -83,23 +83,23 @@ def test_vmap_of_minimize_equals_sweep_with_every_status(name):
 @pytest.mark.parametrize("name", NAMES)
 def test_grad_through_minimize_equals_finite_differences(name):
     # The hypergradient d loss(x_T) / d lr and the gradient with respect to the start, in
-    # float64, against gdjax.numerical_gradient (Richardson) of the same function.
+    # float64, against gdjax.numerical_gradient (Richardson) of the same function. Both in one
+    # jax.grad and one numerical_gradient of the pair (lr, x0): one program each, not two.
     lr = {"sgd": 0.1, "momentum": 0.02, "adam": 0.05}[name]
     with jax.enable_x64(True):
-        x0 = jnp.array([1.0, -2.0])
+        point = (jnp.float64(lr), jnp.array([1.0, -2.0]))
 
-        def final(lr, x0=x0):
+        def final(point):
+            lr, x0 = point
             return gdjax.minimize(bowl, x0, name, learning_rate=lr, steps=40,
                                   record_every=40).loss
 
         # the loss is a polynomial of degree ~80 in lr: steps of 1e-4 (lr's scale, not 1's)
-        auto = jax.grad(final)(jnp.float64(lr))
-        fd = gdjax.numerical_gradient(final, jnp.float64(lr), method="richardson", step=1e-4)
-        np.testing.assert_allclose(auto, fd, rtol=1e-7)
-        assert abs(float(auto)) > 1e-6  # a gradient that says something
-        by_start = jax.grad(lambda x: final(lr, x))(x0)
-        fd_start = gdjax.numerical_gradient(lambda x: final(lr, x), x0, method="richardson")
-        np.testing.assert_allclose(by_start, fd_start, rtol=1e-6,
+        auto_lr, auto_start = jax.grad(final)(point)
+        fd_lr, fd_start = gdjax.numerical_gradient(final, point, method="richardson", step=1e-4)
+        np.testing.assert_allclose(auto_lr, fd_lr, rtol=1e-7)
+        assert abs(float(auto_lr)) > 1e-6  # a gradient that says something
+        np.testing.assert_allclose(auto_start, fd_start, rtol=1e-6,
                                    atol=1e-9 * float(np.max(np.abs(fd_start))))
 
 
