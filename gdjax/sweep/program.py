@@ -205,13 +205,18 @@ def run(varying: PyTree, shared: PyTree, stop_at: jax.Array, static: Static) -> 
             running = lax.psum(jnp.sum(carry.flag == 0, dtype=jnp.int32), AXIS)
         marked = _marked(v, s, carry, static, axes)
         replays = lax.psum(jnp.sum(marked, dtype=jnp.int32), AXIS)
-        # the results only where the runner uses them (a settled history is not free)
-        done = ((unit >= loop.units) | (running == 0)) & (replays == 0)
         finish = lambda c, b: _finish(v, s, c, b, static, axes)  # noqa: E731
-        shapes = jax.eval_shape(finish, carry, buffer)
-        result = lax.cond(done, finish,
-                          lambda c, b: jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), shapes),
-                          carry, buffer)
+        if loop.evaluate:  # a leg that stops for a compaction: its results would go unused
+            # (skipping them: 8-D quadratic to tol, default history, 13% faster; without legs the
+            # cond costs 3-9% at 65,536 configs with history, so only here)
+            done = ((unit >= loop.units) | (running == 0)) & (replays == 0)
+            shapes = jax.eval_shape(finish, carry, buffer)
+            result = lax.cond(
+                done, finish,
+                lambda c, b: jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), shapes),
+                carry, buffer)
+        else:
+            result = finish(carry, buffer)
         return carry, buffer, jnp.stack([unit, running, replays]), marked, result
 
     specs = _specs(axes)
