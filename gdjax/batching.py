@@ -118,6 +118,8 @@ def step_key(seed: jax.Array | None, t: jax.Array) -> jax.Array | None:
 
 def run_seed(seed: Any) -> np.ndarray:
     """A run's ``seed`` as the uint32 its keys start from (a negative seed wraps)."""
+    if np.ndim(seed) == 0:  # a Python int of any size, as epoch_orders reads it
+        return np.uint32(int(seed) & 0xFFFFFFFF)
     return (np.asarray(seed, np.int64) & 0xFFFFFFFF).astype(np.uint32)
 
 

@@ -89,6 +89,10 @@ def test_dropout_keys_follow_the_seed_and_the_step():
     for s, res in runs.items():
         np.testing.assert_allclose(res.params["w"], hand(s)["w"], rtol=1e-5)
     assert not np.allclose(runs[0].params["w"], runs[1].params["w"], rtol=1e-3)
+    # seeds are read modulo 2**64 for the batch order and 2**32 for the keys, any size
+    wide = [gdjax.fit(drop_loss, P0, (X, Y), optimizer="sgd", learning_rate=0.2, batch_size=8,
+                      epochs=2, seed=s, rng=True).params["w"] for s in (-1, 2**64 - 1)]
+    np.testing.assert_array_equal(wide[0], wide[1])
 
 
 def test_full_batch_dropout_still_differs_by_seed():
