@@ -54,7 +54,8 @@ def save(res, path, **extra):
 
 
 def spawn(out, *, devices, processes=1, process_id=0, port=0):
-    env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+    flags = f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={devices}"
+    env = dict(os.environ, XLA_FLAGS=flags.strip(),
                PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
     return subprocess.Popen(
         [sys.executable, "-c", WORKER, str(processes), str(process_id), str(port), str(out)],

@@ -231,7 +231,11 @@ def test_chunked_equals_unchunked():
     for chunk_size in (1, 4, None):  # 4 leaves a padded last chunk
         chunked = numerical_gradient(mixed, x, method="richardson", chunk_size=chunk_size)
         for a, b in zip(jax.tree.leaves(chunked), jax.tree.leaves(whole), strict=True):
-            np.testing.assert_array_equal(a, b)
+            # the same values up to float32 rounding, which Richardson's differences amplify:
+            # bitwise with XLA's default code generation, not with the tests' cheaper LLVM
+            # passes (conftest), where batches of other sizes round differently. A misplaced
+            # or lost chunk is off by O(1).
+            np.testing.assert_allclose(a, b, rtol=1e-4)
 
 
 def test_a_100000_dimensional_input_runs_in_chunks():
