@@ -32,10 +32,13 @@ def positive_int(name: str, value: Any) -> int:
     return int(value)
 
 
-def flag(name: str, value: Any) -> bool:
-    """``value`` if it is a bool, else ``TypeError``."""
+def flag(name: str, value: Any, optional: bool = False) -> bool | None:
+    """``value`` if it is a bool (or ``None``, when ``optional``), else ``TypeError``."""
+    if optional and value is None:
+        return None
     if not isinstance(value, (bool, np.bool_)):
-        raise TypeError(f"{name} must be True or False, got {name}={value!r}")
+        allowed = "True, False or None" if optional else "True or False"
+        raise TypeError(f"{name} must be {allowed}, got {name}={value!r}")
     return bool(value)
 
 

@@ -224,7 +224,7 @@ API = [
     case(lambda t: gdjax.sweep(bowl, X0, "sgd", grid={"x0": jnp.ones((2, 3))}), ValueError,
          r"grid axis 'x0'", id="sweep-x0-shape"),
     case(lambda t: gdjax.sweep(bowl, X0, "sgd", grid=LR, compact="no"), TypeError,
-         r"compact must be True or False, got compact='no'", id="sweep-compact"),
+         r"compact must be True, False or None, got compact='no'", id="sweep-compact"),
     case(lambda t: gdjax.sweep(bowl, X0, "sgd", grid=LR, eval_fn="acc"), TypeError,
          r"eval_fn must be callable or None, got eval_fn='acc'", id="sweep-eval_fn"),
     case(lambda t: gdjax.starts_grid([(0, 1), (0, 1)], 0), ValueError,

@@ -405,3 +405,28 @@ def test_compacted_legs_give_the_results_of_the_full_batch(monkeypatch):
     for a, b in zip(jax.tree.leaves([getattr(compact, f) for f in fields]),
                     jax.tree.leaves([getattr(full, f) for f in fields]), strict=True):
         np.testing.assert_array_equal(a, b)
+
+
+def test_by_default_a_sweep_compacts_once_it_is_repeated(monkeypatch):
+    # compact=None: the first two calls of a sweep run as one program each (no smaller
+    # batch compiled); from the third call with the same program and shapes on, the running
+    # configs are compacted, with the same results.
+    monkeypatch.setattr(runner, "COMPACT_MIN", 16)
+    monkeypatch.setattr(runner, "_calls", {})
+    legs = []
+    leg = runner.program.leg
+    monkeypatch.setattr(runner.program, "leg",
+                        lambda v, *a: legs.append(len(v["config"])) or leg(v, *a))
+    lrs = np.concatenate([np.linspace(0.2, 0.45, 200), np.full(56, 1e-3)]).astype(np.float32)
+    kw = dict(grid={"learning_rate": lrs}, steps=600, tol=1e-4, progress=False)
+    results, legs_per_call = [], []
+    for _ in range(3):
+        results.append(sweep(bowl, np.float32([1.0, -0.5]), "sgd", **kw))
+        legs_per_call.append(list(legs))
+        legs.clear()
+    assert legs_per_call[0] == legs_per_call[1] == [] and legs_per_call[2], legs_per_call
+    fields = ("params", "loss", "best_loss", "grad_norm", "status", "steps", "history")
+    for r in results[1:]:
+        for a, b in zip(jax.tree.leaves([getattr(results[0], f) for f in fields]),
+                        jax.tree.leaves([getattr(r, f) for f in fields]), strict=True):
+            np.testing.assert_array_equal(a, b)

@@ -83,7 +83,7 @@ def sweep(
     memory_budget: int = DEFAULT_MEMORY_BUDGET,
     progress: bool | None = None,
     checkpoint: str | os.PathLike | None = None,
-    compact: bool = True,
+    compact: bool | None = None,
     args: Any = (),
     has_aux: bool = False,
     divergence: float | None = DIVERGENCE_FACTOR,
@@ -143,7 +143,10 @@ def sweep(
         :mod:`gdjax.sweep.checkpoint`. With several processes it must be a directory they share.
       compact: once three quarters of a chunk's configs have stopped, run the others on in a
         batch a power of two smaller (each size compiles once), so stopped configs stop
-        costing. Results are the same either way.
+        costing. ``None`` (the default) compacts from a sweep's third call with the same
+        program and shapes on: the smaller programs' compilation costs more than one call
+        saves, so a sweep run once stays one program and a sweep repeated compacts; ``True``
+        always, ``False`` never. Results are the same either way.
       args: extra arguments of ``f``, the same for every config: ``f(x, *args)`` (with data,
         ``f(params, batch, *args)``), as in :func:`gdjax.minimize`.
       has_aux: ``f`` returns ``(loss, aux)``; ``result.aux`` holds each config's ``aux`` at its
@@ -298,7 +301,7 @@ def sweep(
             groups, varying, shared, chunk_size=chunk_size, memory_budget=memory_budget,
             progress=progress, checkpoint=checkpoint,
             describe=runner.describe(f, optimizer, eval_fn),
-            compact=inputs.flag("compact", compact),
+            compact=inputs.flag("compact", compact, optional=True),
         )
     out = descent.rebuilt(out, rebuild)  # the carried leaves back (the same for every config)
     return SweepResult(grid=axes, **out._asdict())

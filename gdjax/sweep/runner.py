@@ -40,6 +40,13 @@ COMPACT_MIN = 1024
 """The smallest batch (per device) that compaction makes: below it a step costs XLA:CPU its
 kernels' overheads more than their arithmetic, and each new size is one more compilation."""
 
+COMPACT_AFTER = 2
+"""By default (``compact=None``) a sweep compacts from its third call on (the same program on
+chunks of the same shapes): compiling
+the smaller batches' programs costs XLA:CPU more than one call saves in every sweep measured
+(benchmarks/RESULTS.md: the basin map's first call 2.5 s with compaction, 1.1 s without), so a
+sweep run once runs as one program and a sweep run again and again compacts."""
+
 
 def run_groups(
     groups: list[tuple[program.Static, np.ndarray]],
@@ -51,7 +58,7 @@ def run_groups(
     progress: bool | None,
     checkpoint: str | os.PathLike | None,
     describe: Mapping[str, Any],
-    compact: bool = True,
+    compact: bool | None = None,
 ) -> engine.Result:
     """Run every group (one per batch size) in chunks; outcomes gathered in config order.
 
@@ -232,13 +239,15 @@ def _run_group(
     by_config: NamedSharding,
     store: checkpoint_.Checkpoint | None,
     advance: Callable[[], None],
-    compact: bool,
+    compact: bool | None,
 ) -> engine.Result:
     """The chunks of one group, one after another.
 
     ``history.step`` is the same for every config of a group: it is kept once, seen as
     ``(configs, records)`` through a read-only broadcast view.
     """
+    if compact is None:  # (a sweep's call counts once, however many chunks it has)
+        compact = _calls_before(static, size, varying, shared_on_devices) >= COMPACT_AFTER
     out = None
     for k in range(chunks):
         lo, hi = k * size, min((k + 1) * size, len(idx))
@@ -274,10 +283,10 @@ def _without_steps(r: engine.Result) -> engine.Result:
 
 
 def run_chunk(varying: PyTree, shared: PyTree, static: program.Static, shapes: program.Shapes,
-              by_config: NamedSharding, compact: bool = True) -> engine.Result:
+              by_config: NamedSharding, compact: bool | None = None) -> engine.Result:
     """One chunk, on the devices: its configs' loops in legs, the diverged ones replayed.
 
-    With ``compact``, a leg ends once at most a quarter of its configs are still running; those
+    When compacting, a leg ends once at most a quarter of its configs are still running; those
     are gathered into a batch of a power of two (per device, at least :data:`COMPACT_MIN`; one
     more compiled program per size), and the configs that stopped cost nothing more. Each
     config computes exactly what it would in the full batch: the results do not depend on
@@ -287,9 +296,9 @@ def run_chunk(varying: PyTree, shared: PyTree, static: program.Static, shapes: p
     units = program.shape(shared, static).units
     axes = shapes.axes
     config_axes = (0,) * len(jax.tree.leaves(varying))
+    batch = len(jax.tree.leaves(varying)[0])
     # (configs that all stop together, their flag the same for all, gain nothing from it)
     compact = compact and shapes.flag_axis is not None
-    batch = len(jax.tree.leaves(varying)[0])
 
     def stop_at(batch):  # a leg ends when a compaction would save three quarters or more
         per = batch // devices
@@ -323,6 +332,21 @@ def run_chunk(varying: PyTree, shared: PyTree, static: program.Static, shapes: p
     per = _per_device(-(-replayed.size // devices))
     rows = replayed[np.minimum(np.arange(per * devices), replayed.size - 1)]
     return program.replay(varying, shared, carry, buffer, rows, static, by_config)
+
+
+def _calls_before(static: program.Static, size: int, varying: PyTree, shared: PyTree) -> int:
+    """How many sweeps ran this program on chunks of ``size`` configs of these shapes before
+    (counted here; ``compact=None``'s measure of a sweep repeated)."""
+    key = (static, size, jax.tree.structure(varying), jax.tree.structure(shared),
+           *(jax.typeof(a).update(shape=np.shape(a)[1:]) for a in jax.tree.leaves(varying)),
+           *(jax.typeof(a) for a in jax.tree.leaves(shared)))
+    if key not in _calls and len(_calls) >= 64:
+        _calls.clear()
+    _calls[key] = _calls.get(key, 0) + 1
+    return _calls[key] - 1
+
+
+_calls: dict[tuple, int] = {}
 
 
 def _count_of(varying: PyTree) -> int | None:
