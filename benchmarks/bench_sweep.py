@@ -140,6 +140,7 @@ def _torch_groups(torch, lrs: np.ndarray, steps: int):
 
 
 @functools.partial(jax.jit, static_argnames="steps")
+@functools.partial(jax.jit, static_argnums=1)
 def _hand_basin(starts, steps):
     """The hand-written basin map: ``jit(vmap(scan))`` of plain gradient descent."""
     f = functions.himmelblau

@@ -493,15 +493,18 @@ def problem(
     value: Callable | None = None,
     stateful: bool = False,
     state: PyTree = None,
+    dtype: Any = None,
 ) -> Problem:
     """The :class:`Problem` of a run, its tolerances and divergence factor in the loss's dtype.
 
     ``value`` (the loss alone, ``(params, t, aux) -> loss``) defaults to ``value_and_grad``'s
     first output. ``stateful``: the source threads a state (see :class:`Problem`), whose start
-    is ``state``.
+    is ``state``. ``dtype``: the loss's, when the caller knows it (else found by tracing the
+    source once).
     """
-    extra = (state,) if stateful else ()
-    dtype = jax.eval_shape(value_and_grad, params, jnp.int32(0), aux, *extra)[0].dtype
+    if dtype is None:
+        extra = (state,) if stateful else ()
+        dtype = jax.eval_shape(value_and_grad, params, jnp.int32(0), aux, *extra)[0].dtype
     cast = lambda tol: None if tol is None else jnp.asarray(tol, dtype)  # noqa: E731
     if value is None:
         value = lambda p, t, a, *s: value_and_grad(p, t, a, *s)[0]  # noqa: E731

@@ -293,7 +293,7 @@ def sweep(
                 f=inputs.static(f), tx=tx, grad=grad, steps=group_steps, record_every=every,
                 record_params=bool(record_params), eval_fn=inputs.static(eval_fn), n=n,
                 batch_size=int(b), epochs=epochs, mesh=mesh, has_aux=has_aux,
-                stateful=start_state is not None, rng=rng,
+                stateful=start_state is not None, rng=rng, dtype=np.dtype(loss_dtype),
             )
             groups.append((static, np.flatnonzero(batch_sizes == b) if len(sizes) > 1
                            else np.arange(count)))

@@ -57,6 +57,7 @@ class Static(NamedTuple):
     has_aux: bool = False
     stateful: bool = False  # f threads shared["state"] (fit(state=...))
     rng: bool = False  # f takes a per-step key (fit(rng=True))
+    dtype: Any = None  # the loss's (the tolerances in shared are cast to it)
 
     def objective(self) -> batching.Objective:
         """The fit-style objective, ``(params, state, batch, key, *args) -> (loss, (new_state,
@@ -67,8 +68,16 @@ class Static(NamedTuple):
 def setup(one: PyTree, shared: PyTree, static: Static) -> tuple[engine.Loop, engine.Carry]:
     """One config's loop and its carry before step 1: exactly what ``minimize`` (or ``fit``)
     runs, with its values as arrays."""
+    loop = loop_of(one, shared, static)
     x0 = one.get("x0", shared["x0"])
     opt_state = optimizers.init_state(static.tx, x0, {**shared["hyper"], **one["hyper"]})
+    return loop, engine.start(loop.problem, x0, opt_state, shared["state"])
+
+
+def loop_of(one: PyTree, shared: PyTree, static: Static) -> engine.Loop:
+    """One config's loop, without its start (which evaluates the objective: tracing it again
+    in every program that does not need it cost a 2-D sweep's first call 0.2 s)."""
+    x0 = one.get("x0", shared["x0"])
     f = static.f.value
     if static.n:
         indices = None
@@ -88,10 +97,10 @@ def setup(one: PyTree, shared: PyTree, static: Static) -> tuple[engine.Loop, eng
         loss = descent.value_of(f, static.has_aux)
         value = lambda x, t, args: loss(x, *args)  # noqa: E731
     problem = engine.problem(source, static.tx, x0, aux, shared["tol"], shared["ftol"],
-                             shared["divergence"], value, static.stateful, shared["state"])
-    loop = engine.Loop(problem, static.steps, static.record_every, static.record_params,
+                             shared["divergence"], value, static.stateful, shared["state"],
+                             dtype=static.dtype)
+    return engine.Loop(problem, static.steps, static.record_every, static.record_params,
                        static.eval_fn.value)
-    return loop, engine.start(problem, x0, opt_state, shared["state"])
 
 
 def shape(shared: PyTree, static: Static) -> engine.Loop:
@@ -104,14 +113,27 @@ def shape(shared: PyTree, static: Static) -> engine.Loop:
 def carry_axes(varying: PyTree, shared: PyTree, static: Static) -> PyTree:
     """The config axis of each leaf of a chunk's carry between programs: 0 where a leaf
     depends on its config, ``None`` where it does not (an optimiser's step count, a fixed
-    hyperparameter), so that every program keeps those unbatched as one run's loop does."""
+    hyperparameter), so that every program keeps those unbatched as one run's loop does.
 
-    def after_a_unit(one, shared):
-        loop, carry = setup(one, shared, static)
-        return carry, loop.unit(carry, jnp.int32(0))[0]
+    Found by tracing a unit once per program and argument shapes (cached: every program asks).
+    """
+    key = (static, jax.tree.structure(varying), jax.tree.structure(shared),
+           *((np.shape(a)[1:], jnp.result_type(a)) for a in jax.tree.leaves(varying)),
+           *((np.shape(a), jnp.result_type(a)) for a in jax.tree.leaves(shared)))
+    if key not in _carry_axes:
 
-    first, later = engine.batched_leaves(after_a_unit, varying, shared, in_axes=(0, None))
-    return jax.tree.map(lambda a, b: 0 if a or b else None, first, later)
+        def after_a_unit(one, shared):
+            loop, carry = setup(one, shared, static)
+            return carry, loop.unit(carry, jnp.int32(0))[0]
+
+        first, later = engine.batched_leaves(after_a_unit, varying, shared, in_axes=(0, None))
+        if len(_carry_axes) >= 64:
+            _carry_axes.clear()
+        _carry_axes[key] = jax.tree.map(lambda a, b: 0 if a or b else None, first, later)
+    return _carry_axes[key]
+
+
+_carry_axes: dict[tuple, PyTree] = {}
 
 
 def _specs(axes: PyTree) -> PyTree:
@@ -147,7 +169,7 @@ def _leg(varying, shared, carry, buffer, unit, stop_at, static, axes) -> tuple:
 
     def body(state):
         carry, buffer, i = state
-        carry, records = jax.vmap(lambda v, c: setup(v, shared, static)[0].unit(c, i),
+        carry, records = jax.vmap(lambda v, c: loop_of(v, shared, static).unit(c, i),
                                   in_axes=(0, axes), out_axes=(axes, 0))(varying, carry)
         return carry, loop.write(buffer, records, i), i + 1
 
@@ -156,13 +178,13 @@ def _leg(varying, shared, carry, buffer, unit, stop_at, static, axes) -> tuple:
 
 
 def _marked(varying, shared, carry, static, axes) -> jax.Array:
-    return jax.vmap(lambda v, c: setup(v, shared, static)[0].marked(c), in_axes=(0, axes))(
+    return jax.vmap(lambda v, c: loop_of(v, shared, static).marked(c), in_axes=(0, axes))(
         varying, carry)
 
 
 def _finish(varying, shared, carry, buffer, static, axes) -> engine.Result:
     def one(v, c, b):
-        loop = setup(v, shared, static)[0]
+        loop = loop_of(v, shared, static)
         result = loop.finish(c, loop.trim(jax.tree.map(lambda r: r[None], b)))
         f, args = static.f.value, shared["args"]
         if static.n:  # fit reports the loss over the whole data set
