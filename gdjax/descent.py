@@ -242,7 +242,7 @@ def minimize(
     if learning_rate is not None:
         hyperparameters["learning_rate"] = learning_rate
     with inputs.precision(x0):
-        x0, rebuild = inputs.trainable("x0", x0)
+        x0, rebuild = inputs.trainable("x0", x0, keep_numpy=True)
         f = inputs.bind(f, rebuild)  # f of the trained part: the jit cache keys on (f, rebuild)
         args = extra_args(args)
         check_objective("f", f, has_aux, x0, *args)

@@ -347,9 +347,10 @@ class _Seen:
     hit = False
 
 
-def batched_leaves(fn: Callable, *args: Any, in_axes: Any = 0) -> PyTree:
+def batched_leaves(fn: Callable, *args: Any, in_axes: Any = 0, shapes: bool = False) -> PyTree:
     """Which leaves of ``fn(*args)``'s output depend on the ``vmap``-ped inputs: a pytree of
     bools like the output, found by tracing ``jax.vmap(fn, in_axes)`` once (no computation).
+    With ``shapes``, ``(bools, output shapes)``, the shapes with their batch axis.
 
     ``jax.vmap`` returns every output with a batch axis, even one no input changes (an
     optimiser's step count, say); a program that takes such a carry back in must keep those
@@ -363,9 +364,10 @@ def batched_leaves(fn: Callable, *args: Any, in_axes: Any = 0) -> PyTree:
         flags.append(treedef)
         return [_probe_p.bind(x, seen=f) for x, f in zip(leaves, flags, strict=False)]
 
-    jax.eval_shape(jax.vmap(probed, in_axes=in_axes), *args)
+    out = jax.eval_shape(jax.vmap(probed, in_axes=in_axes), *args)
     treedef = flags.pop()
-    return jax.tree.unflatten(treedef, [f.hit for f in flags])
+    hits = jax.tree.unflatten(treedef, [f.hit for f in flags])
+    return (hits, jax.tree.unflatten(treedef, out)) if shapes else hits
 
 
 # --- the step ------------------------------------------------------------------------------------

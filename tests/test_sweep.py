@@ -389,8 +389,9 @@ def test_compacted_legs_give_the_results_of_the_full_batch(monkeypatch):
     run, leg = runner.program.run, runner.program.leg
     monkeypatch.setattr(runner.program, "run",
                         lambda v, *a: legs.append(len(v["config"])) or run(v, *a))
-    monkeypatch.setattr(runner.program, "leg",
-                        lambda v, *a: legs.append(len(v["config"])) or leg(v, *a))
+    monkeypatch.setattr(runner.program, "leg",  # (the chunk's configs, then the rows it runs)
+                        lambda v, s, c, b, rows, *a: legs.append(len(rows))
+                        or leg(v, s, c, b, rows, *a))
     lrs = np.concatenate([np.linspace(0.2, 0.45, 200), np.full(40, 1e-3), np.linspace(0.6, 1, 16)])
     kw = dict(grid={"learning_rate": lrs.astype(np.float32)}, steps=600, tol=1e-4,
               record_every=7, record_params=True, progress=False)
@@ -415,8 +416,9 @@ def test_by_default_a_sweep_compacts_once_it_is_repeated(monkeypatch):
     monkeypatch.setattr(runner, "_calls", {})
     legs = []
     leg = runner.program.leg
-    monkeypatch.setattr(runner.program, "leg",
-                        lambda v, *a: legs.append(len(v["config"])) or leg(v, *a))
+    monkeypatch.setattr(runner.program, "leg",  # (the chunk's configs, then the rows it runs)
+                        lambda v, s, c, b, rows, *a: legs.append(len(rows))
+                        or leg(v, s, c, b, rows, *a))
     lrs = np.concatenate([np.linspace(0.2, 0.45, 200), np.full(56, 1e-3)]).astype(np.float32)
     kw = dict(grid={"learning_rate": lrs}, steps=600, tol=1e-4, progress=False)
     results, legs_per_call = [], []

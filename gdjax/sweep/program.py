@@ -1,16 +1,16 @@
 """The compiled programs of a sweep: the engine's own loop under ``vmap``, over a chunk of configs.
 
 A chunk's config axis is sharded over a 1-D mesh named ``sweep``; every program runs
-``jax.vmap`` of the engine's per-run code on each device's share (:func:`sharded`):
+``jax.vmap`` of the engine's per-run code on each device's share (``_shard``):
 
 * :func:`run`: every config's start, then units of the loop (:meth:`gdjax.engine.Loop.unit`)
   until the last one or until so few configs are still running that the runner gathers them
   into a smaller batch (finished configs stop costing), then, when that was the end, the
   results: a sweep whose configs need neither is this one program;
-* :func:`leg`: more units, for such a smaller batch;
+* :func:`leg`: a compaction: the running configs gathered into a smaller batch, run on and put
+  back, then the results as :func:`run` gives them;
 * :func:`replay`: the diverged configs' replays (:meth:`gdjax.engine.Loop.redo`), run on them
-  alone;
-* :func:`finish`: every config's final state and settled history.
+  alone, then every config's results.
 
 Every numeric hyperparameter lives in the optimiser state (``optax.inject_hyperparams``) and
 reaches the programs as an array, so new grid values never recompile.
@@ -115,22 +115,40 @@ def carry_axes(varying: PyTree, shared: PyTree, static: Static) -> PyTree:
     depends on its config, ``None`` where it does not (an optimiser's step count, a fixed
     hyperparameter), so that every program keeps those unbatched as one run's loop does.
 
-    Found by tracing a unit once per program and argument shapes (cached: every program asks).
+    Found by tracing a unit once per program and argument shapes (cached: every program asks;
+    :func:`shapes` traces it first).
     """
-    key = (static, jax.tree.structure(varying), jax.tree.structure(shared),
-           *((np.shape(a)[1:], jnp.result_type(a)) for a in jax.tree.leaves(varying)),
-           *((np.shape(a), jnp.result_type(a)) for a in jax.tree.leaves(shared)))
+    key = _key(varying, shared, static)
     if key not in _carry_axes:
-
-        def after_a_unit(one, shared):
-            loop, carry = setup(one, shared, static)
-            return carry, loop.unit(carry, jnp.int32(0))[0]
-
-        first, later = engine.batched_leaves(after_a_unit, varying, shared, in_axes=(0, None))
-        if len(_carry_axes) >= 64:
-            _carry_axes.clear()
-        _carry_axes[key] = jax.tree.map(lambda a, b: 0 if a or b else None, first, later)
+        _traced(varying, shared, static)
     return _carry_axes[key]
+
+
+def _key(varying: PyTree, shared: PyTree, static: Static) -> tuple:
+    return (static, jax.tree.structure(varying), jax.tree.structure(shared),
+            *((np.shape(a)[1:], jnp.result_type(a)) for a in jax.tree.leaves(varying)),
+            *((np.shape(a), jnp.result_type(a)) for a in jax.tree.leaves(shared)))
+
+
+def _traced(varying: PyTree, shared: PyTree, static: Static) -> tuple:
+    """One config's carry, record buffer and result (shapes, with the config axis of
+    ``varying``), from one trace that also finds and caches :func:`carry_axes`."""
+
+    def outcome(one, shared):
+        loop, carry = setup(one, shared, static)
+        after, records = loop.unit(carry, jnp.int32(0))
+        buffer = jax.tree.map(lambda r: jnp.zeros((loop.units * r.shape[0], *r.shape[1:]),
+                                                  r.dtype), records)
+        result = loop.finish(carry, loop.trim(jax.tree.map(lambda r: r[None], buffer)))
+        return carry, after, buffer, result
+
+    (first, later, _, _), (carry, _, buffer, result) = engine.batched_leaves(
+        outcome, varying, shared, in_axes=(0, None), shapes=True)
+    if len(_carry_axes) >= 64:
+        _carry_axes.clear()
+    _carry_axes[_key(varying, shared, static)] = jax.tree.map(
+        lambda a, b: 0 if a or b else None, first, later)
+    return carry, buffer, result
 
 
 _carry_axes: dict[tuple, PyTree] = {}
@@ -225,46 +243,68 @@ def run(varying: PyTree, shared: PyTree, stop_at: jax.Array, static: Static) -> 
             carry, buffer = jax.vmap(scan, out_axes=(axes, 0))(v)
             unit = jnp.int32(loop.units)
             running = lax.psum(jnp.sum(carry.flag == 0, dtype=jnp.int32), AXIS)
-        marked = _marked(v, s, carry, static, axes)
-        replays = lax.psum(jnp.sum(marked, dtype=jnp.int32), AXIS)
-        finish = lambda c, b: _finish(v, s, c, b, static, axes)  # noqa: E731
-        if loop.evaluate:  # a leg that stops for a compaction: its results would go unused
-            # (skipping them: 8-D quadratic to tol, default history, 13% faster; without legs the
-            # cond costs 3-9% at 65,536 configs with history, so only here)
-            done = ((unit >= loop.units) | (running == 0)) & (replays == 0)
-            shapes = jax.eval_shape(finish, carry, buffer)
-            result = lax.cond(
-                done, finish,
-                lambda c, b: jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), shapes),
-                carry, buffer)
-        else:
-            result = finish(carry, buffer)
-        return carry, buffer, jnp.stack([unit, running, replays]), marked, result
+        return _ended(v, s, carry, buffer, unit, running, static, axes)
 
     specs = _specs(axes)
     return _shard(body, static, (P(AXIS), P(), P()), (specs, P(AXIS), P(), P(AXIS), P(AXIS)))(
         varying, shared, stop_at)
 
 
-@functools.partial(jax.jit, static_argnums=(6,), donate_argnums=(2, 3))
-def leg(varying: PyTree, shared: PyTree, carry: engine.Carry, buffer: tuple, unit: jax.Array,
-        stop_at: jax.Array, static: Static) -> tuple:
-    """Units from ``unit`` on, until the last or until at most ``stop_at`` configs (of the whole
-    chunk, on every device together) are running: ``(carry, buffer, next unit, running)``."""
+def _ended(varying, shared, carry, buffer, unit, running, static, axes) -> tuple:
+    """What :func:`run` and :func:`leg` return after their legs: the chunk's carry and buffer,
+    ``[next unit, running, to replay]``, the configs to replay, and the results when that was
+    the chunk's end (zeros otherwise)."""
+    loop = shape(shared, static)
+    marked = _marked(varying, shared, carry, static, axes)
+    replays = lax.psum(jnp.sum(marked, dtype=jnp.int32), AXIS)
+    finish = lambda c, b: _finish(varying, shared, c, b, static, axes)  # noqa: E731
+    if loop.evaluate:  # a leg that stops for a compaction: its results would go unused
+        # (skipping them: 8-D quadratic to tol, default history, 13% faster; without legs the
+        # cond costs 3-9% at 65,536 configs with history, so only here)
+        done = ((unit >= loop.units) | (running == 0)) & (replays == 0)
+        shapes = jax.eval_shape(finish, carry, buffer)
+        result = lax.cond(
+            done, finish,
+            lambda c, b: jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), shapes),
+            carry, buffer)
+    else:
+        result = finish(carry, buffer)
+    return carry, buffer, jnp.stack([unit, running, replays]), marked, result
+
+
+@functools.partial(jax.jit, static_argnums=(7, 8), donate_argnums=(2, 3))
+def leg(varying: PyTree, shared: PyTree, carry: engine.Carry, buffer: tuple, rows: jax.Array,
+        unit: jax.Array, stop_at: jax.Array, static: Static, by_config: NamedSharding) -> tuple:
+    """A compaction: the configs ``rows`` of a chunk gathered into a batch of their own and run
+    on from ``unit`` until the last unit or until at most ``stop_at`` of them are running, put
+    back into the chunk's carry and buffer; then what :func:`run` returns."""
     axes = carry_axes(varying, shared, static)
+    flat = flat_axes(axes)
     specs = _specs(axes)
-    return _shard(
+    every = (0,) * len(jax.tree.leaves(buffer))
+
+    def picked(tree, leaf_axes):
+        leaves, treedef = jax.tree.flatten(tree)
+        return jax.tree.unflatten(treedef, [
+            a if ax is None else jax.lax.with_sharding_constraint(a[rows], by_config)
+            for a, ax in zip(leaves, leaf_axes, strict=True)])
+
+    def put(tree, new, leaf_axes):
+        leaves, treedef = jax.tree.flatten(tree)
+        return jax.tree.unflatten(treedef, [
+            r if ax is None else a.at[rows].set(r)
+            for a, r, ax in zip(leaves, jax.tree.leaves(new), leaf_axes, strict=True)])
+
+    some, some_buffer, unit, running = _shard(
         lambda *a: _leg(*a, static, axes), static, (P(AXIS), P(), specs, P(AXIS), P(), P()),
         (specs, P(AXIS), P(), P()),
-    )(varying, shared, carry, buffer, unit, stop_at)
-
-
-@functools.partial(jax.jit, static_argnums=3)
-def marked(varying: PyTree, shared: PyTree, carry: engine.Carry, static: Static) -> jax.Array:
-    """Which configs :func:`replay` must run again (:meth:`gdjax.engine.Loop.marked`)."""
-    axes = carry_axes(varying, shared, static)
-    return _shard(lambda v, s, c: _marked(v, s, c, static, axes), static,
-                  (P(AXIS), P(), _specs(axes)), P(AXIS))(varying, shared, carry)
+    )(picked(varying, (0,) * len(jax.tree.leaves(varying))), shared, picked(carry, flat),
+      picked(buffer, every), unit, stop_at)
+    carry, buffer = put(carry, some, flat), put(buffer, some_buffer, every)
+    return _shard(
+        lambda v, s, c, b, u, r: _ended(v, s, c, b, u, r, static, axes), static,
+        (P(AXIS), P(), specs, P(AXIS), P(), P()), (specs, P(AXIS), P(), P(AXIS), P(AXIS)),
+    )(varying, shared, carry, buffer, unit, running)
 
 
 @functools.partial(jax.jit, static_argnums=(5, 6))
@@ -295,39 +335,9 @@ def replay(varying: PyTree, shared: PyTree, carry: engine.Carry, buffer: tuple, 
                   (P(AXIS), P(), specs, P(AXIS)), P(AXIS))(varying, shared, carry, buffer)
 
 
-@functools.partial(jax.jit, static_argnums=4)
-def finish(varying: PyTree, shared: PyTree, carry: engine.Carry, buffer: tuple,
-           static: Static) -> engine.Result:
-    """Every config's :class:`gdjax.Result`."""
-    axes = carry_axes(varying, shared, static)
-    return _shard(lambda v, s, c, b: _finish(v, s, c, b, static, axes), static,
-                  (P(AXIS), P(), _specs(axes), P(AXIS)), P(AXIS))(varying, shared, carry, buffer)
-
-
 def flat_axes(axes: PyTree) -> tuple:
     """A tree of 0 / ``None`` (:func:`carry_axes`) as a flat, hashable tuple."""
     return tuple(jax.tree.leaves(axes, is_leaf=lambda a: a is None))
-
-
-@functools.partial(jax.jit, static_argnums=(2, 3))
-def take(tree: PyTree, at: jax.Array, axes: tuple, sharding: NamedSharding) -> PyTree:
-    """Rows ``at`` of the leaves with a config axis (``axes``, flat: 0 or ``None`` per leaf), a
-    compacted batch laid out over the mesh."""
-    leaves, treedef = jax.tree.flatten(tree)
-    return jax.tree.unflatten(treedef, [
-        a if ax is None else jax.lax.with_sharding_constraint(a[at], sharding)
-        for a, ax in zip(leaves, axes, strict=True)
-    ])
-
-
-@functools.partial(jax.jit, static_argnums=3, donate_argnums=0)
-def put_rows(tree: PyTree, at: jax.Array, rows: PyTree, axes: tuple) -> PyTree:
-    """``tree`` with rows ``at`` of the leaves with a config axis replaced by ``rows``."""
-    leaves, treedef = jax.tree.flatten(tree)
-    return jax.tree.unflatten(treedef, [
-        r if ax is None else a.at[at].set(r)
-        for a, r, ax in zip(leaves, jax.tree.leaves(rows), axes, strict=True)
-    ])
 
 
 @functools.lru_cache(maxsize=8)
@@ -382,17 +392,9 @@ def shapes(static: Static, v_def: Any, s_def: Any, v_avals: tuple, s_avals: tupl
     """
     one = jax.tree.unflatten(v_def, [jax.ShapeDtypeStruct(s, d) for s, d in v_avals])
     shared = jax.tree.unflatten(s_def, [jax.ShapeDtypeStruct(s, d) for s, d in s_avals])
-
-    def outcome(v, s):
-        loop, carry = setup(v, s, static)
-        records = jax.eval_shape(loop.unit, carry, jnp.int32(0))[1]
-        buffer = jax.tree.map(lambda r: jnp.zeros((loop.units * r.shape[0], *r.shape[1:]),
-                                                  r.dtype), records)
-        return carry, buffer, loop.finish(carry, loop.trim(jax.tree.map(lambda r: r[None],
-                                                                        buffer)))
-
-    carry, buffer, result = jax.eval_shape(outcome, one, shared)
     batched = jax.tree.map(lambda a: jax.ShapeDtypeStruct((2, *a.shape), a.dtype), one)
+    carry, buffer, result = jax.tree.map(  # one config's
+        lambda a: jax.ShapeDtypeStruct(a.shape[1:], a.dtype), _traced(batched, shared, static))
     axes = carry_axes(batched, shared, static)
     work = 2 * _nbytes(carry) + 2 * _nbytes(one.get("x0", shared["x0"])) + _nbytes(buffer)
     if static.n:

@@ -294,8 +294,6 @@ def run_chunk(varying: PyTree, shared: PyTree, static: program.Static, shapes: p
     """
     devices = static.mesh.size
     units = program.shape(shared, static).units
-    axes = shapes.axes
-    config_axes = (0,) * len(jax.tree.leaves(varying))
     batch = len(jax.tree.leaves(varying)[0])
     # (configs that all stop together, their flag the same for all, gain nothing from it)
     compact = compact and shapes.flag_axis is not None
@@ -306,28 +304,18 @@ def run_chunk(varying: PyTree, shared: PyTree, static: program.Static, shapes: p
 
     carry, buffer, counts, marked, result = program.run(varying, shared, stop_at(batch), static)
     unit, running, replays = (int(n) for n in program.fetch(counts))
-    if unit >= units or running == 0:
-        if replays == 0:
-            return result  # the common case: one program
-    del result  # (what follows makes its own)
-    if unit < units and running > 0:
-        every = (*axes, *(0,) * len(jax.tree.leaves(buffer)))  # the carry's, the buffer's axes
-        full, rows = (carry, buffer), np.arange(batch)
-        while unit < units and running > 0:
-            going = rows[np.flatnonzero(np.asarray(program.fetch(carry.flag)) == 0)]
-            per = max(COMPACT_MIN, 1 << (-(-len(going) // devices) - 1).bit_length())
-            rows = going[np.minimum(np.arange(per * devices), len(going) - 1)]  # pad: repeat
-            carry, buffer = program.take(full, rows, every, by_config)
-            carry, buffer, unit, running = program.leg(
-                program.take(varying, rows, config_axes, by_config), shared, carry, buffer,
-                np.int32(unit), stop_at(len(rows)), static)
-            unit, running = int(unit), int(running)
-            full = program.put_rows(full, rows, (carry, buffer), every)
-        carry, buffer = full
-        marked = program.marked(varying, shared, carry, static)
+    while unit < units and running > 0:  # a leg stopped for a compaction
+        del result  # (unused: not the end)
+        going = np.flatnonzero(np.asarray(program.fetch(carry.flag)) == 0)
+        per = max(COMPACT_MIN, 1 << (-(-len(going) // devices) - 1).bit_length())
+        rows = going[np.minimum(np.arange(per * devices), len(going) - 1)]  # pad: repeat
+        carry, buffer, counts, marked, result = program.leg(
+            varying, shared, carry, buffer, rows, np.int32(unit), stop_at(len(rows)), static,
+            by_config)
+        unit, running, replays = (int(n) for n in program.fetch(counts))
+    if replays == 0:
+        return result  # the common case: one program
     replayed = np.flatnonzero(np.asarray(program.fetch(marked)))
-    if not replayed.size:
-        return program.finish(varying, shared, carry, buffer, static)
     # the diverged configs alone, in a batch of their own
     per = _per_device(-(-replayed.size // devices))
     rows = replayed[np.minimum(np.arange(per * devices), replayed.size - 1)]
