@@ -188,9 +188,7 @@ def program_bytes(static: program.Static, varying: PyTree, shared: PyTree, size:
     XLA reports them for the compiled program (compiled here once; the chunks then run it from
     jit's cache). Where the backend reports nothing, the rough working set of
     :class:`gdjax.sweep.program.Shapes`."""
-    key = (static, size, by_config, jax.tree.structure(varying), jax.tree.structure(shared),
-           *(jax.typeof(a).update(shape=np.shape(a)[1:]) for a in jax.tree.leaves(varying)),
-           *(jax.typeof(a) for a in jax.tree.leaves(shared)))
+    key = (static, size, by_config, *_signature(varying, shared))
     if key in _program_bytes:
         return _program_bytes[key]
     chunk = jax.tree.map(
@@ -325,9 +323,7 @@ def run_chunk(varying: PyTree, shared: PyTree, static: program.Static, shapes: p
 def _calls_before(static: program.Static, size: int, varying: PyTree, shared: PyTree) -> int:
     """How many sweeps ran this program on chunks of ``size`` configs of these shapes before
     (counted here; ``compact=None``'s measure of a sweep repeated)."""
-    key = (static, size, jax.tree.structure(varying), jax.tree.structure(shared),
-           *(jax.typeof(a).update(shape=np.shape(a)[1:]) for a in jax.tree.leaves(varying)),
-           *(jax.typeof(a) for a in jax.tree.leaves(shared)))
+    key = (static, size, *_signature(varying, shared))
     if key not in _calls and len(_calls) >= 64:
         _calls.clear()
     _calls[key] = _calls.get(key, 0) + 1
@@ -335,6 +331,18 @@ def _calls_before(static: program.Static, size: int, varying: PyTree, shared: Py
 
 
 _calls: dict[tuple, int] = {}
+
+
+def _signature(varying: PyTree, shared: PyTree) -> tuple:
+    """The structures, shapes (one config's, for ``varying``) and dtypes of a sweep's arguments:
+    a cache key of what depends on them alone (a dozen microseconds: ``jax.typeof`` per leaf
+    cost a small sweep's call 0.1 ms)."""
+    v_leaves, v_def = jax.tree.flatten(varying)
+    s_leaves, s_def = jax.tree.flatten(shared)
+    return (v_def, s_def, *((np.shape(a)[1:], a.dtype, getattr(a, "weak_type", False))
+                            for a in v_leaves),
+            *((np.shape(a), np.result_type(a), getattr(a, "weak_type", False))
+              for a in s_leaves))
 
 
 def _count_of(varying: PyTree) -> int | None:
