@@ -40,6 +40,10 @@ COMPACT_MIN = 1024
 """The smallest batch (per device) that compaction makes: below it a step costs XLA:CPU its
 kernels' overheads more than their arithmetic, and each new size is one more compilation."""
 
+COMPACT_BY = 4
+"""A leg ends for a compaction once at most ``1 / COMPACT_BY`` of its configs are running (2 was
+no faster on the 8-D early-exit rows: one more round trip and compilation)."""
+
 COMPACT_AFTER = 2
 """By default (``compact=None``) a sweep compacts from its third call on (the same program on
 chunks of the same shapes): compiling
@@ -296,9 +300,10 @@ def run_chunk(varying: PyTree, shared: PyTree, static: program.Static, shapes: p
     # (configs that all stop together, their flag the same for all, gain nothing from it)
     compact = compact and shapes.flag_axis is not None
 
-    def stop_at(batch):  # a leg ends when a compaction would save three quarters or more
+    def stop_at(batch):  # a leg ends when a compaction would cut its batch by COMPACT_BY
         per = batch // devices
-        return np.int32(batch // 4 if compact and per // 4 >= COMPACT_MIN else 0)
+        return np.int32(batch // COMPACT_BY if compact and per // COMPACT_BY >= COMPACT_MIN
+                        else 0)
 
     carry, buffer, counts, marked, result = program.run(varying, shared, stop_at(batch), static)
     unit, running, replays = (int(n) for n in program.fetch(counts))
