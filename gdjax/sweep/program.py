@@ -113,45 +113,43 @@ def shape(shared: PyTree, static: Static) -> engine.Loop:
 def carry_axes(varying: PyTree, shared: PyTree, static: Static) -> PyTree:
     """The config axis of each leaf of a chunk's carry between programs: 0 where a leaf
     depends on its config, ``None`` where it does not (an optimiser's step count, a fixed
-    hyperparameter), so that every program keeps those unbatched as one run's loop does.
-
-    Found by tracing a unit once per program and argument shapes (cached: every program asks;
-    :func:`shapes` traces it first).
-    """
-    key = _key(varying, shared, static)
-    if key not in _carry_axes:
-        _traced(varying, shared, static)
-    return _carry_axes[key]
+    hyperparameter), so that every program keeps those unbatched as one run's loop does."""
+    return _outcome(varying, shared, static)[0]
 
 
-def _key(varying: PyTree, shared: PyTree, static: Static) -> tuple:
-    return (static, jax.tree.structure(varying), jax.tree.structure(shared),
-            *((np.shape(a)[1:], jnp.result_type(a)) for a in jax.tree.leaves(varying)),
-            *((np.shape(a), jnp.result_type(a)) for a in jax.tree.leaves(shared)))
+def _outcome(varying: PyTree, shared: PyTree, static: Static) -> tuple:
+    """``(carry_axes, carry, buffer, result)``: the carry's config axes, and one config's carry,
+    record buffer and result (shapes), from one trace of a unit and a finish per program and argument shapes
+    (cached: every program asks, and tracing them again cost a first call 0.1 s)."""
+    key = (static, jax.tree.structure(varying), jax.tree.structure(shared),
+           *((np.shape(a)[1:], jnp.result_type(a)) for a in jax.tree.leaves(varying)),
+           *((np.shape(a), jnp.result_type(a)) for a in jax.tree.leaves(shared)))
+    if key not in _outcomes:
+
+        def outcome(one, shared):
+            loop, carry = setup(one, shared, static)
+            after, records = loop.unit(carry, jnp.int32(0))
+            buffer = jax.tree.map(lambda r: jnp.zeros((loop.units * r.shape[0], *r.shape[1:]),
+                                                      r.dtype), records)
+            return carry, after, buffer, _result(one, shared, carry, buffer, static)
+
+        (first, later, _, _), (carry, _, buffer, result) = engine.batched_leaves(
+            outcome, varying, shared, in_axes=(0, None), shapes=True)
+        one = lambda tree: jax.tree.map(  # noqa: E731
+            lambda a: jax.ShapeDtypeStruct(a.shape[1:], a.dtype), tree)
+        if len(_outcomes) >= 64:
+            _outcomes.clear()
+        _outcomes[key] = (jax.tree.map(lambda a, b: 0 if a or b else None, first, later),
+                          one(carry), one(buffer), one(result))
+    return _outcomes[key]
 
 
-def _traced(varying: PyTree, shared: PyTree, static: Static) -> tuple:
-    """One config's carry, record buffer and result (shapes, with the config axis of
-    ``varying``), from one trace that also finds and caches :func:`carry_axes`."""
-
-    def outcome(one, shared):
-        loop, carry = setup(one, shared, static)
-        after, records = loop.unit(carry, jnp.int32(0))
-        buffer = jax.tree.map(lambda r: jnp.zeros((loop.units * r.shape[0], *r.shape[1:]),
-                                                  r.dtype), records)
-        result = loop.finish(carry, loop.trim(jax.tree.map(lambda r: r[None], buffer)))
-        return carry, after, buffer, result
-
-    (first, later, _, _), (carry, _, buffer, result) = engine.batched_leaves(
-        outcome, varying, shared, in_axes=(0, None), shapes=True)
-    if len(_carry_axes) >= 64:
-        _carry_axes.clear()
-    _carry_axes[_key(varying, shared, static)] = jax.tree.map(
-        lambda a, b: 0 if a or b else None, first, later)
-    return carry, buffer, result
+def _zeros(shapes: PyTree, batch: int) -> PyTree:
+    """Zeros of these one-config shapes for ``batch`` configs."""
+    return jax.tree.map(lambda a: jnp.zeros((batch, *a.shape), a.dtype), shapes)
 
 
-_carry_axes: dict[tuple, PyTree] = {}
+_outcomes: dict[tuple, tuple] = {}
 
 
 def _specs(axes: PyTree) -> PyTree:
@@ -165,14 +163,9 @@ def _shard(fn: Callable, static: Static, in_specs: tuple, out_specs: Any) -> Cal
 
 
 def _begin(varying: PyTree, shared: PyTree, static: Static, axes: PyTree) -> tuple:
-    def one(v):
-        loop, carry = setup(v, shared, static)
-        records = jax.eval_shape(loop.unit, carry, jnp.int32(0))[1]
-        buffer = jax.tree.map(
-            lambda r: jnp.zeros((loop.units * r.shape[0], *r.shape[1:]), r.dtype), records)
-        return carry, buffer
-
-    return jax.vmap(one, out_axes=(axes, 0))(varying)
+    carry = jax.vmap(lambda v: setup(v, shared, static)[1], out_axes=axes)(varying)
+    batch = len(jax.tree.leaves(varying)[0])
+    return carry, _zeros(_outcome(varying, shared, static)[2], batch)
 
 
 def _leg(varying, shared, carry, buffer, unit, stop_at, static, axes) -> tuple:
@@ -201,21 +194,24 @@ def _marked(varying, shared, carry, static, axes) -> jax.Array:
 
 
 def _finish(varying, shared, carry, buffer, static, axes) -> engine.Result:
-    def one(v, c, b):
-        loop = loop_of(v, shared, static)
-        result = loop.finish(c, loop.trim(jax.tree.map(lambda r: r[None], b)))
-        f, args = static.f.value, shared["args"]
-        if static.n:  # fit reports the loss over the whole data set
-            seed = loop.problem.aux[3]
-            loss, (_, out) = static.objective()(result.params, result.state, shared["data"],
-                                                batching.step_key(seed, jnp.int32(static.steps)),
-                                                *args)
-            result = result._replace(loss=loss, aux=out if static.has_aux else None)
-        elif static.has_aux:
-            result = result._replace(aux=f(result.params, *args)[1])
-        return result
+    return jax.vmap(lambda v, c, b: _result(v, shared, c, b, static),
+                    in_axes=(0, axes, 0))(varying, carry, buffer)
 
-    return jax.vmap(one, in_axes=(0, axes, 0))(varying, carry, buffer)
+
+def _result(one, shared, carry, buffer, static) -> engine.Result:
+    """One config's :class:`gdjax.Result` from its last carry and record buffer."""
+    loop = loop_of(one, shared, static)
+    result = loop.finish(carry, loop.trim(jax.tree.map(lambda r: r[None], buffer)))
+    f, args = static.f.value, shared["args"]
+    if static.n:  # fit reports the loss over the whole data set
+        seed = loop.problem.aux[3]
+        loss, (_, out) = static.objective()(result.params, result.state, shared["data"],
+                                            batching.step_key(seed, jnp.int32(static.steps)),
+                                            *args)
+        result = result._replace(loss=loss, aux=out if static.has_aux else None)
+    elif static.has_aux:
+        result = result._replace(aux=f(result.params, *args)[1])
+    return result
 
 
 @functools.partial(jax.jit, static_argnums=3)
@@ -262,11 +258,8 @@ def _ended(varying, shared, carry, buffer, unit, running, static, axes) -> tuple
         # (skipping them: 8-D quadratic to tol, default history, 13% faster; without legs the
         # cond costs 3-9% at 65,536 configs with history, so only here)
         done = ((unit >= loop.units) | (running == 0)) & (replays == 0)
-        shapes = jax.eval_shape(finish, carry, buffer)
-        result = lax.cond(
-            done, finish,
-            lambda c, b: jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), shapes),
-            carry, buffer)
+        zeros = _zeros(_outcome(varying, shared, static)[3], len(jax.tree.leaves(varying)[0]))
+        result = lax.cond(done, finish, lambda c, b: zeros, carry, buffer)
     else:
         result = finish(carry, buffer)
     return carry, buffer, jnp.stack([unit, running, replays]), marked, result
@@ -393,9 +386,7 @@ def shapes(static: Static, v_def: Any, s_def: Any, v_avals: tuple, s_avals: tupl
     one = jax.tree.unflatten(v_def, [jax.ShapeDtypeStruct(s, d) for s, d in v_avals])
     shared = jax.tree.unflatten(s_def, [jax.ShapeDtypeStruct(s, d) for s, d in s_avals])
     batched = jax.tree.map(lambda a: jax.ShapeDtypeStruct((2, *a.shape), a.dtype), one)
-    carry, buffer, result = jax.tree.map(  # one config's
-        lambda a: jax.ShapeDtypeStruct(a.shape[1:], a.dtype), _traced(batched, shared, static))
-    axes = carry_axes(batched, shared, static)
+    axes, carry, buffer, result = _outcome(batched, shared, static)
     work = 2 * _nbytes(carry) + 2 * _nbytes(one.get("x0", shared["x0"])) + _nbytes(buffer)
     if static.n:
         sample = sum(math.prod(a.shape[1:]) * np.dtype(a.dtype).itemsize

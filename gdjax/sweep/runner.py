@@ -346,8 +346,8 @@ def _signature(varying: PyTree, shared: PyTree) -> tuple:
     s_leaves, s_def = jax.tree.flatten(shared)
     return (v_def, s_def, *((np.shape(a)[1:], a.dtype, getattr(a, "weak_type", False))
                             for a in v_leaves),
-            *((np.shape(a), np.result_type(a), getattr(a, "weak_type", False))
-              for a in s_leaves))
+            *((np.shape(a), a.dtype if hasattr(a, "dtype") else np.result_type(a),
+               getattr(a, "weak_type", False)) for a in s_leaves))
 
 
 def _count_of(varying: PyTree) -> int | None:
