@@ -614,8 +614,8 @@ def run(
     loop = Loop(problem(value_and_grad, tx, params, aux, gtol, ftol, divergence, value,
                         stateful, state), steps, record_every, record_params, record_fn)
     first = start(loop.problem, params, opt_state, state)
-    carry, records = loop.scan(first)
-    return loop.finish(loop.replay(first, carry), records)
+    carry, buffer = loop.scan(first)
+    return loop.finish(loop.replay(first, carry), buffer)
 
 
 class Loop(NamedTuple):
@@ -773,28 +773,44 @@ class Loop(NamedTuple):
         return c, jax.tree.map(lambda r: r[None], record)
 
     def scan(self, c: Carry) -> tuple[Carry, tuple]:
-        """Every unit of the run: the last carry and the records at steps ``0, k, 2k, ...``
-        below ``steps``."""
-        c, records = lax.scan(self.unit, c, jnp.arange(self.units, dtype=jnp.int32))
-        return c, self.trim(records)
+        """Every unit of the run: the last carry and the history buffer (see :meth:`empty`)
+        with the records at steps ``0, k, 2k, ...`` below ``steps`` written in."""
 
-    def trim(self, records: tuple) -> tuple:
-        """Records of every unit, ``(units, per_unit, ...)``, as one per block."""
-        return jax.tree.map(
-            lambda r: r[:: self.stride].reshape(-1, *r.shape[2:])[: self.blocks_count], records)
+        def unit(state, i):
+            c, buffer = state
+            c, records = self.unit(c, i)
+            return (c, self.write(buffer, records, i)), None
 
-    def write(self, buffer: tuple, records: tuple, i: jax.Array) -> tuple:
-        """``buffer`` (every unit's records, ``(units * per_unit, ...)``) with unit ``i``'s
-        written in (leading axis of both: configs). A unit that does not start a block writes
-        nothing."""
-        at = i * self.per_unit
+        state = (c, self.empty(c))
+        return lax.scan(unit, state, jnp.arange(self.units, dtype=jnp.int32))[0]
+
+    @property
+    def slots(self) -> int:
+        """Records a history buffer holds: every unit's (or, when a block spans several units,
+        every block's), then the final state's."""
+        return (self.units * self.per_unit if self.stride == 1 else self.blocks_count) + 1
+
+    def empty(self, c: Carry) -> tuple:
+        """A history buffer of :attr:`slots` records, zeros, for a run with this carry. Units
+        write their records into it in place and :meth:`finish` the final state into its last
+        slot: a history concatenated after the loop cost a 65,536-config sweep with the
+        default history 10% (a copy of every record, and another pass for the best loss)."""
+        shapes = jax.eval_shape(self.snapshot, c, jnp.int32(0))
+        return jax.tree.map(lambda r: jnp.zeros((self.slots, *r.shape), r.dtype), shapes)
+
+    def write(self, buffer: tuple, records: tuple, i: jax.Array, axis: int = 0) -> tuple:
+        """``buffer`` (see :meth:`empty`) with unit ``i``'s records written in (``axis``: the
+        buffer's and the records' record axis, 1 with a leading config axis). A unit that does
+        not start a block writes nothing."""
         if self.stride == 1:
-            return jax.tree.map(lambda b, r: lax.dynamic_update_slice_in_dim(b, r, at, axis=1),
-                                buffer, records)
+            return jax.tree.map(
+                lambda b, r: lax.dynamic_update_slice_in_dim(b, r, i * self.per_unit, axis=axis),
+                buffer, records)
         return lax.cond(
             i % self.stride == 0,
             lambda b: jax.tree.map(
-                lambda b, r: lax.dynamic_update_slice_in_dim(b, r, at, axis=1), b, records),
+                lambda b, r: lax.dynamic_update_slice_in_dim(b, r, i // self.stride, axis=axis),
+                b, records),
             lambda b: b, buffer)
 
     def advance(self, c: Carry, t0: jax.Array, n: int) -> Carry:
@@ -856,8 +872,9 @@ class Loop(NamedTuple):
         stop = jnp.abs(flag) - 1
         return jnp.where(flag == 0, self.steps, jnp.maximum(stop - (flag < 0), 0)).astype(jnp.int32)
 
-    def finish(self, c: Carry, records: tuple | None) -> Result:
-        """The :class:`Result` of the last carry: statuses, the final state, settled records."""
+    def finish(self, c: Carry, buffer: tuple) -> Result:
+        """The :class:`Result` of the last carry and the history buffer (see :meth:`empty`):
+        statuses, the final state, settled records."""
         steps = self.steps
         flag = c.flag
         status = jnp.where(flag == 0, Status.MAX_STEPS,
@@ -871,21 +888,23 @@ class Loop(NamedTuple):
         nan = lambda v: jnp.where(diverged, jnp.nan, v)  # noqa: E731
         final_record = (nan(final[0]), nan(final[1]), *final[2:])
         at = record_steps(steps, self.record_every)
-        if records is None:
-            history = jax.tree.map(lambda f: f[None], final_record)
-        else:
-            # From a run's stop on, its records repeat its final state; a diverged run's loss
-            # and gradient norm read NaN from its divergence on. (A stopped run's records mostly
-            # are that already; a sweep's compacted legs leave them unwritten.)
-            def settle(records):
-                after = (flag != 0) & (jnp.asarray(at[:-1]) >= stop)
-                return jax.tree.map(
-                    lambda r, f: jnp.where(after.reshape(-1, *([1] * f.ndim)), f, r),
-                    records, final_record)
+        if self.slots != at.size:  # padded units' records past the last block: cut off
+            buffer = jax.tree.map(
+                lambda b, f: jnp.concatenate([b[: at.size - 1], f[None]]), buffer, final_record)
+        last = np.arange(at.size) == at.size - 1
 
-            records = lax.cond(batch_any(flag != 0), settle, lambda r: r, records)
-            history = jax.tree.map(lambda r, f: jnp.concatenate([r, f[None]]), records,
-                                   final_record)
+        # From a run's stop on, its records repeat its final state; a diverged run's loss and
+        # gradient norm read NaN from its divergence on. (A stopped run's records mostly are
+        # that already; a sweep's compacted legs leave them unwritten.)
+        def settle(history):
+            after = ((flag != 0) & (jnp.asarray(at) >= stop)) | last
+            return jax.tree.map(lambda h, f: jnp.where(after.reshape(-1, *([1] * f.ndim)), f, h),
+                                history, final_record)
+
+        def place(history):  # no run stopped: the final state into the last slot, in place
+            return jax.tree.map(lambda h, f: h.at[-1].set(f), history, final_record)
+
+        history = lax.cond(batch_any(flag != 0), settle, place, buffer)
         best = jnp.min(jnp.where(jnp.isnan(history[0]), jnp.inf, history[0]))
         return Result(
             params=c.params,

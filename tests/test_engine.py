@@ -196,6 +196,27 @@ def test_history_after_a_stop_holds_the_final_state():
             assert float(run.best_loss[i]) == np.min(loss[np.isfinite(loss)], initial=np.inf)
 
 
+@pytest.mark.parametrize("steps, every, gtol", [
+    (1000, 300, None),  # plain steps, a block spanning two units
+    (1000, 300, 1e-30),  # evaluated steps, a block spanning five units
+    (1000, 7, None),  # plain steps, 13 blocks a unit
+    (600, 7, 1e-30),  # evaluated steps, the last unit's records past the last block
+    (50, 1, None),  # every step
+])
+def test_history_records_the_closed_form_at_its_steps(steps, every, gtol):
+    # SGD on 0.5 A x^2 at lr: x_t = (1 - lr A)^t x0, so each record's loss and gradient norm
+    # are known; nothing stops (gtol far below), and the last record is the final state
+    lr, x0 = 0.01, np.array([1.0, -2.0])
+    run = jax.jit(lambda lr: _sgd_run(lr, steps=steps, record_every=every, gtol=gtol))(lr)
+    at = np.append(np.arange(0, steps, every), steps)
+    np.testing.assert_array_equal(run.history.step, at)
+    x = (1 - lr * A) ** at[:, None] * x0
+    np.testing.assert_allclose(run.history.loss, 0.5 * A * np.sum(x**2, axis=1), rtol=2e-4)
+    np.testing.assert_allclose(run.history.grad_norm, A * np.linalg.norm(x, axis=1), rtol=2e-4)
+    assert int(run.status) == Status.MAX_STEPS
+    assert float(run.best_loss) == float(run.history.loss[-1]) == float(run.loss)
+
+
 def test_global_norm_matches_optax_for_small_and_large_leaves_and_under_vmap():
     rng = np.random.default_rng(0)
     tree = {"w": jnp.asarray(rng.normal(size=(40, 3)), jnp.float32),

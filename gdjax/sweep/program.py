@@ -128,9 +128,8 @@ def _outcome(varying: PyTree, shared: PyTree, static: Static) -> tuple:
 
         def outcome(one, shared):
             loop, carry = setup(one, shared, static)
-            after, records = loop.unit(carry, jnp.int32(0))
-            buffer = jax.tree.map(lambda r: jnp.zeros((loop.units * r.shape[0], *r.shape[1:]),
-                                                      r.dtype), records)
+            after, _ = loop.unit(carry, jnp.int32(0))
+            buffer = loop.empty(carry)
             return carry, after, buffer, _result(one, shared, carry, buffer, static)
 
         (first, later, _, _), (carry, _, buffer, result) = engine.batched_leaves(
@@ -182,7 +181,7 @@ def _leg(varying, shared, carry, buffer, unit, stop_at, static, axes) -> tuple:
         carry, buffer, i = state
         carry, records = jax.vmap(lambda v, c: loop_of(v, shared, static).unit(c, i),
                                   in_axes=(0, axes), out_axes=(axes, 0))(varying, carry)
-        return carry, loop.write(buffer, records, i), i + 1
+        return carry, loop.write(buffer, records, i, axis=1), i + 1
 
     carry, buffer, unit = lax.while_loop(more, body, (carry, buffer, unit))
     return carry, buffer, unit, running(carry)
@@ -201,7 +200,7 @@ def _finish(varying, shared, carry, buffer, static, axes) -> engine.Result:
 def _result(one, shared, carry, buffer, static) -> engine.Result:
     """One config's :class:`gdjax.Result` from its last carry and record buffer."""
     loop = loop_of(one, shared, static)
-    result = loop.finish(carry, loop.trim(jax.tree.map(lambda r: r[None], buffer)))
+    result = loop.finish(carry, buffer)
     f, args = static.f.value, shared["args"]
     if static.n:  # fit reports the loss over the whole data set
         seed = loop.problem.aux[3]
@@ -232,9 +231,7 @@ def run(varying: PyTree, shared: PyTree, stop_at: jax.Array, static: Static) -> 
         else:  # only a divergence stops a run: every unit in one scan, records as its output
             def scan(one):
                 loop, carry = setup(one, s, static)
-                carry, records = lax.scan(loop.unit, carry,
-                                          jnp.arange(loop.units, dtype=jnp.int32))
-                return carry, jax.tree.map(lambda r: r.reshape(-1, *r.shape[2:]), records)
+                return loop.scan(carry)
 
             carry, buffer = jax.vmap(scan, out_axes=(axes, 0))(v)
             unit = jnp.int32(loop.units)
