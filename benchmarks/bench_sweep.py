@@ -293,38 +293,36 @@ def run(quick: bool) -> list[Row]:
         def hand(lrs=lrs):
             return block(_hand(lrs))
 
+        jlrs = jnp.asarray(lrs)
+        alone = lambda jlrs=jlrs: block(_engine_only(jlrs))
+        hist = lambda jlrs=jlrs: block(_hand_history(jlrs))
         first = first_call_time(gd)
-        first_call_time(hand)
-        first_call_time(lean)
+        for fn in (hand, lean, alone, hist):
+            first_call_time(fn)
         repeat = 3 if n > 10_000 else 5
-        # interleaved rounds: this machine's speed drifts between runs
-        t_gd = t_hand = t_lean = float("inf")
+        # interleaved rounds, every variant in each: this machine's speed drifts between runs
+        t_gd = t_hand = t_lean = t_alone = t_hist = float("inf")
         for _ in range(3):
             t_gd = min(t_gd, best_time(gd, repeat=repeat))
             t_hand = min(t_hand, best_time(hand, repeat=repeat))
             t_lean = min(t_lean, best_time(lean, repeat=repeat))
+            t_alone = min(t_alone, best_time(alone, repeat=repeat))
+            t_hist = min(t_hist, best_time(hist, repeat=repeat))
         res = sweep(f, X0, "adam", grid={"learning_rate": lrs}, steps=STEPS, progress=False)
         x_hand, loss_hand = _hand(lrs)
         np.testing.assert_allclose(res.loss, loss_hand, rtol=1e-3, atol=1e-6)
         rows.append(Row("sweep", case, t_lean, "hand jit(vmap(scan)) optax.adam", t_hand,
                         "like for like: no history (record_every=steps); target >= 0.95x"))
-        jlrs = jnp.asarray(lrs)
-        alone = lambda jlrs=jlrs: block(_engine_only(jlrs))
-        first_call_time(alone)
-        t_alone = min(best_time(alone, repeat=repeat) for _ in range(3))
         rows.append(Row("sweep", "  engine loop only (jit(vmap), no history)", t_alone,
                         "hand jit(vmap(scan)) optax.adam", t_hand,
                         "statuses, freeze, best loss on; no sweep bookkeeping"))
         rows.append(Row("sweep", case + ", 101-record history", t_gd,
                         "hand jit(vmap(scan)) optax.adam", t_hand,
                         f"the default history; gdjax first call {first:.2f} s (compile)"))
-        hist = lambda jlrs=jlrs: block(_hand_history(jlrs))
-        first_call_time(hist)
         # the same records as gdjax's default history (gdjax adds the final state as the 101st)
         _, _, (h_loss, h_norm) = _hand_history(jlrs)
         np.testing.assert_allclose(res.history.loss[:, :-1], h_loss, rtol=1e-3, atol=1e-5)
         np.testing.assert_allclose(res.history.grad_norm[:, :-1], h_norm, rtol=1e-3, atol=1e-4)
-        t_hist = min(best_time(hist, repeat=repeat) for _ in range(3))
         rows.append(Row("sweep", case + ", 101-record history", t_gd,
                         "hand jit(vmap(scan)), same history", t_hist,
                         "like for like: the peer records loss and gradient norm every 10 "
