@@ -127,7 +127,7 @@ def plan(
     count = sum(len(idx) for _, idx in groups)
     records = [len(engine.record_steps(static.steps, static.record_every))
                for static, _ in groups]
-    per_config = [shapes.out_bytes - 4 * r for shapes, r in zip(shapes_of, records, strict=True)]
+    per_config = [shapes.out_bytes for shapes in shapes_of]  # (history.step is added here)
     held = _nbytes(varying) + sum(len(idx) * b for (_, idx), b in zip(groups, per_config,
                                                                       strict=True))
     if len(groups) > 1:  # gathered into one result (history.step per config, padded)
@@ -281,6 +281,7 @@ def _run_group(
 
 
 def _without_steps(r: engine.Result) -> engine.Result:
+    """(The programs leave ``history.step`` out; a checkpoint from before may hold it.)"""
     return r._replace(history=r.history._replace(step=None))
 
 
