@@ -240,28 +240,31 @@ def run(varying: PyTree, shared: PyTree, stop_at: jax.Array, static: Static) -> 
             running = lax.psum(jnp.sum(carry.flag == 0, dtype=jnp.int32), AXIS)
         return _ended(v, s, carry, buffer, unit, running, static, axes)
 
-    specs = _specs(axes)
-    return _shard(body, static, (P(AXIS), P(), P()), (specs, P(AXIS), P(), P(AXIS), P(AXIS)))(
+    kept = (_specs(axes), P(AXIS)) if loop.evaluate else (None, None)  # (see _ended)
+    return _shard(body, static, (P(AXIS), P(), P()), (*kept, P(), P(AXIS), P(AXIS)))(
         varying, shared, stop_at)
 
 
 def _ended(varying, shared, carry, buffer, unit, running, static, axes) -> tuple:
-    """What :func:`run` and :func:`leg` return after their legs: the chunk's carry and buffer,
-    ``[next unit, running, to replay]``, the configs to replay, and the results when that was
-    the chunk's end (zeros otherwise)."""
+    """What :func:`run` and :func:`leg` return after their legs: the chunk's carry and buffer
+    (``None`` where no leg can follow: only when runs can stop early), ``[next unit, running,
+    to replay]``, the configs to replay, and the results when that was the chunk's end (zeros
+    otherwise; :func:`replay` mends the replayed configs' rows)."""
     loop = shape(shared, static)
     marked = _marked(varying, shared, carry, static, axes)
     replays = lax.psum(jnp.sum(marked, dtype=jnp.int32), AXIS)
+    counts = jnp.stack([unit, running, replays])
+    result = _finish(varying, shared, carry, buffer, static, axes)
+    if not loop.evaluate:  # only a divergence stops a run: no leg follows this one
+        return None, None, counts, marked, result
+    # a leg that stops for a compaction: its results would go unused (skipping them: 8-D
+    # quadratic to tol, default history, 13% faster; without legs the cond costs 3-9% at 65,536
+    # configs with history, so only here)
+    done = (unit >= loop.units) | (running == 0)
+    zeros = _zeros(_outcome(varying, shared, static)[3], len(jax.tree.leaves(varying)[0]))
     finish = lambda c, b: _finish(varying, shared, c, b, static, axes)  # noqa: E731
-    if loop.evaluate:  # a leg that stops for a compaction: its results would go unused
-        # (skipping them: 8-D quadratic to tol, default history, 13% faster; without legs the
-        # cond costs 3-9% at 65,536 configs with history, so only here)
-        done = ((unit >= loop.units) | (running == 0)) & (replays == 0)
-        zeros = _zeros(_outcome(varying, shared, static)[3], len(jax.tree.leaves(varying)[0]))
-        result = lax.cond(done, finish, lambda c, b: zeros, carry, buffer)
-    else:
-        result = finish(carry, buffer)
-    return carry, buffer, jnp.stack([unit, running, replays]), marked, result
+    result = lax.cond(done, finish, lambda c, b: zeros, carry, buffer)
+    return carry, buffer, counts, marked, result
 
 
 @functools.partial(jax.jit, static_argnums=(7, 8), donate_argnums=(2, 3))
@@ -299,32 +302,26 @@ def leg(varying: PyTree, shared: PyTree, carry: engine.Carry, buffer: tuple, row
     )(varying, shared, carry, buffer, unit, running)
 
 
-@functools.partial(jax.jit, static_argnums=(5, 6))
-def replay(varying: PyTree, shared: PyTree, carry: engine.Carry, buffer: tuple, at: jax.Array,
+@functools.partial(jax.jit, static_argnums=(4, 5), donate_argnums=2)
+def replay(varying: PyTree, shared: PyTree, result: engine.Result, at: jax.Array,
            static: Static, by_config: NamedSharding) -> engine.Result:
-    """The configs ``at`` run again from their start (:meth:`gdjax.engine.Loop.redo`), in a
-    batch of their own, then every config's :class:`gdjax.Result`."""
-    axes = carry_axes(varying, shared, static)
-    leaves = jax.tree.leaves(axes, is_leaf=lambda a: a is None)
+    """``result`` with the configs ``at`` run again from their start
+    (:meth:`gdjax.engine.Loop.redo`), in a batch of their own: their rows finished anew from
+    the replay's last carry and their recorded history (the records before a replayed stop are
+    the run's own; from it on :meth:`gdjax.engine.Loop.finish` settles them again)."""
 
     def rows(tree):
         return jax.tree.map(lambda a: jax.lax.with_sharding_constraint(a[at], by_config), tree)
 
-    def one(v, c):
+    def one(v, r):
         loop, first = setup(v, shared, static)
-        return loop.redo(first, c, jnp.array(True))
+        c = loop.redo(first, first, jnp.array(True))
+        h = r.history
+        return _result(v, shared, c, (h.loss, h.grad_norm, h.params, h.metrics), static)
 
-    specs = _specs(axes)
-    picked = jax.tree.unflatten(jax.tree.structure(carry), [
-        a if ax is None else jax.lax.with_sharding_constraint(a[at], by_config)
-        for a, ax in zip(jax.tree.leaves(carry), leaves, strict=True)])
-    again = _shard(lambda v, s, c: jax.vmap(one, in_axes=(0, axes), out_axes=axes)(v, c),
-                   static, (P(AXIS), P(), specs), specs)(rows(varying), shared, picked)
-    carry = jax.tree.unflatten(jax.tree.structure(carry), [
-        r if ax is None else a.at[at].set(r)
-        for a, r, ax in zip(jax.tree.leaves(carry), jax.tree.leaves(again), leaves, strict=True)])
-    return _shard(lambda v, s, c, b: _finish(v, s, c, b, static, axes), static,
-                  (P(AXIS), P(), specs, P(AXIS)), P(AXIS))(varying, shared, carry, buffer)
+    again = _shard(lambda v, r: jax.vmap(one)(v, r), static, (P(AXIS), P(AXIS)), P(AXIS))(
+        rows(varying), rows(result))
+    return jax.tree.map(lambda a, r: a.at[at].set(r), result, again)
 
 
 def flat_axes(axes: PyTree) -> tuple:

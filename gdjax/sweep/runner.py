@@ -319,11 +319,12 @@ def run_chunk(varying: PyTree, shared: PyTree, static: program.Static, shapes: p
         unit, running, replays = (int(n) for n in program.fetch(counts))
     if replays == 0:
         return result  # the common case: one program
+    del carry, buffer
     replayed = np.flatnonzero(np.asarray(program.fetch(marked)))
     # the diverged configs alone, in a batch of their own
     per = _per_device(-(-replayed.size // devices))
     rows = replayed[np.minimum(np.arange(per * devices), replayed.size - 1)]
-    return program.replay(varying, shared, carry, buffer, rows, static, by_config)
+    return program.replay(varying, shared, result, rows, static, by_config)
 
 
 def _calls_before(static: program.Static, size: int, varying: PyTree, shared: PyTree) -> int:
