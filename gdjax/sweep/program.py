@@ -119,8 +119,9 @@ def carry_axes(varying: PyTree, shared: PyTree, static: Static) -> PyTree:
 
 def _outcome(varying: PyTree, shared: PyTree, static: Static) -> tuple:
     """``(carry_axes, carry, buffer, result)``: the carry's config axes, and one config's carry,
-    record buffer and result (shapes), from one trace of a unit and a finish per program and argument shapes
-    (cached: every program asks, and tracing them again cost a first call 0.1 s)."""
+    record buffer and result (shapes), from one trace of a unit and a finish per program and
+    argument shapes (cached: every program asks, and tracing them again cost a first call
+    0.1 s)."""
     key = (static, jax.tree.structure(varying), jax.tree.structure(shared),
            *((np.shape(a)[1:], jnp.result_type(a)) for a in jax.tree.leaves(varying)),
            *((np.shape(a), jnp.result_type(a)) for a in jax.tree.leaves(shared)))
@@ -254,15 +255,14 @@ def _ended(varying, shared, carry, buffer, unit, running, static, axes) -> tuple
     marked = _marked(varying, shared, carry, static, axes)
     replays = lax.psum(jnp.sum(marked, dtype=jnp.int32), AXIS)
     counts = jnp.stack([unit, running, replays])
-    result = _finish(varying, shared, carry, buffer, static, axes)
+    finish = lambda c, b: _finish(varying, shared, c, b, static, axes)  # noqa: E731
     if not loop.evaluate:  # only a divergence stops a run: no leg follows this one
-        return None, None, counts, marked, result
+        return None, None, counts, marked, finish(carry, buffer)
     # a leg that stops for a compaction: its results would go unused (skipping them: 8-D
     # quadratic to tol, default history, 13% faster; without legs the cond costs 3-9% at 65,536
     # configs with history, so only here)
     done = (unit >= loop.units) | (running == 0)
     zeros = _zeros(_outcome(varying, shared, static)[3], len(jax.tree.leaves(varying)[0]))
-    finish = lambda c, b: _finish(varying, shared, c, b, static, axes)  # noqa: E731
     result = lax.cond(done, finish, lambda c, b: zeros, carry, buffer)
     return carry, buffer, counts, marked, result
 

@@ -46,10 +46,10 @@ no faster on the 8-D early-exit rows: one more round trip and compilation)."""
 
 COMPACT_AFTER = 2
 """By default (``compact=None``) a sweep compacts from its third call on (the same program on
-chunks of the same shapes): compiling
-the smaller batches' programs costs XLA:CPU more than one call saves in every sweep measured
-(benchmarks/RESULTS.md: the basin map's first call 2.5 s with compaction, 1.1 s without), so a
-sweep run once runs as one program and a sweep run again and again compacts."""
+chunks of the same shapes): compiling the smaller batches' programs costs XLA:CPU more than one
+call saves in every sweep measured (benchmarks/RESULTS.md: the basin map's first call 2.5 s with
+compaction, 1.1 s without), so a sweep run once runs as one program and a sweep run again and
+again compacts."""
 
 
 def run_groups(
@@ -127,7 +127,7 @@ def plan(
     count = sum(len(idx) for _, idx in groups)
     records = [len(engine.record_steps(static.steps, static.record_every))
                for static, _ in groups]
-    per_config = [shapes.out_bytes for shapes in shapes_of]  # (history.step is added here)
+    per_config = [shapes.out_bytes for shapes in shapes_of]  # (history.step: counted below)
     held = _nbytes(varying) + sum(len(idx) * b for (_, idx), b in zip(groups, per_config,
                                                                       strict=True))
     if len(groups) > 1:  # gathered into one result (history.step per config, padded)
@@ -286,10 +286,10 @@ def _without_steps(r: engine.Result) -> engine.Result:
 
 
 def run_chunk(varying: PyTree, shared: PyTree, static: program.Static, shapes: program.Shapes,
-              by_config: NamedSharding, compact: bool | None = None) -> engine.Result:
+              by_config: NamedSharding, compact: bool = True) -> engine.Result:
     """One chunk, on the devices: its configs' loops in legs, the diverged ones replayed.
 
-    When compacting, a leg ends once at most a quarter of its configs are still running; those
+    With ``compact``, a leg ends once at most ``1 / COMPACT_BY`` of its configs are running; those
     are gathered into a batch of a power of two (per device, at least :data:`COMPACT_MIN`; one
     more compiled program per size), and the configs that stopped cost nothing more. Each
     config computes exactly what it would in the full batch: the results do not depend on
