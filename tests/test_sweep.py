@@ -427,6 +427,11 @@ def test_by_default_a_sweep_compacts_once_it_is_repeated(monkeypatch):
         legs_per_call.append(list(legs))
         legs.clear()
     assert legs_per_call[0] == legs_per_call[1] == [] and legs_per_call[2], legs_per_call
+    # with several processes the default never compacts: every process must run the same
+    # programs, whatever sweeps each ran before
+    monkeypatch.setattr(runner, "_processes", lambda: 2)
+    sweep(bowl, np.float32([1.0, -0.5]), "sgd", **kw)
+    assert legs == [], legs
     fields = ("params", "loss", "best_loss", "grad_norm", "status", "steps", "history")
     for r in results[1:]:
         for a, b in zip(jax.tree.leaves([getattr(results[0], f) for f in fields]),

@@ -145,7 +145,8 @@ def sweep(
         batch a power of two smaller (each size compiles once), so stopped configs stop
         costing. ``None`` (the default) compacts from a sweep's third call with the same
         program and shapes on: the smaller programs' compilation costs more than one call
-        saves, so a sweep run once stays one program and a sweep repeated compacts; ``True``
+        saves, so a sweep run once stays one program and a sweep repeated compacts (with
+        several processes ``None`` does not compact: the processes must agree); ``True``
         always, ``False`` never. Results are the same either way.
       args: extra arguments of ``f``, the same for every config: ``f(x, *args)`` (with data,
         ``f(params, batch, *args)``), as in :func:`gdjax.minimize`.

@@ -249,7 +249,10 @@ def _run_group(
     ``(configs, records)`` through a read-only broadcast view.
     """
     if compact is None:  # (a sweep's call counts once, however many chunks it has)
-        compact = _calls_before(static, size, varying, shared_on_devices) >= COMPACT_AFTER
+        # with several processes every one must run the same programs: a count that one of
+        # them kept differently (a sweep it ran alone) would leave the others waiting
+        compact = (_processes() == 1
+                   and _calls_before(static, size, varying, shared_on_devices) >= COMPACT_AFTER)
     out = None
     for k in range(chunks):
         lo, hi = k * size, min((k + 1) * size, len(idx))
@@ -325,6 +328,10 @@ def run_chunk(varying: PyTree, shared: PyTree, static: program.Static, shapes: p
     per = _per_device(-(-replayed.size // devices))
     rows = replayed[np.minimum(np.arange(per * devices), replayed.size - 1)]
     return program.replay(varying, shared, result, rows, static, by_config)
+
+
+def _processes() -> int:
+    return jax.process_count()
 
 
 def _calls_before(static: program.Static, size: int, varying: PyTree, shared: PyTree) -> int:
