@@ -107,6 +107,58 @@ def test_eight_devices_identical(one_device, tmp_path):
     assert_identical(eight, one_device)
 
 
+COMPACT_WORKER = """
+import sys
+import jax
+import numpy as np
+sys.path.insert(0, "tests")
+from test_distributed import compact_sweeps
+
+np.savez(sys.argv[1], devices=len(jax.devices()), **compact_sweeps())
+"""
+
+
+def compact_sweeps():
+    """512 configs on every device there is, with and without compaction: the legs' sizes and
+    each run's fields."""
+    from gdjax import functions
+    from gdjax.sweep import runner, sweep
+
+    runner.COMPACT_MIN = 8  # (1024 per device otherwise)
+    legs, leg = [], runner.program.leg
+    runner.program.leg = lambda v, s, c, b, rows, *a: legs.append(len(rows)) or leg(
+        v, s, c, b, rows, *a)
+    starts = np.stack(np.meshgrid(np.linspace(-4, 4, 16), np.linspace(-4, 4, 8)), -1)
+    kw = dict(grid={"x0": starts.reshape(-1, 2).astype(np.float32),
+                    "learning_rate": [3e-3, 1e-2, 0.02, 0.04]},
+              steps=400, tol=1e-3, progress=False)
+    out = {}
+    for compact in (True, False):
+        res = sweep(functions.himmelblau, np.float32([0.0, 0.0]), "sgd", compact=compact, **kw)
+        out.update({f"{k}_{compact}": np.asarray(v) for k, v in dict(
+            params=res.params, loss=res.loss, status=res.status, steps=res.steps,
+            history=res.history.loss).items()})
+    out["legs"] = np.asarray(legs)
+    return out
+
+
+def test_compaction_on_eight_devices_gives_the_full_batch_results(tmp_path):
+    # the running configs gathered from and put back into a chunk sharded over 8 devices
+    out = tmp_path / "c.npz"
+    env = dict(os.environ, XLA_FLAGS=f"{os.environ.get('XLA_FLAGS', '')} "
+               "--xla_force_host_platform_device_count=8".strip(),
+               PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
+    finish(subprocess.Popen([sys.executable, "-c", COMPACT_WORKER, str(out)], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+    got = dict(np.load(out))
+    assert int(got["devices"]) == 8
+    assert len(got["legs"]) and got["legs"].max() < 512, got["legs"]  # compacted
+    status = StatusArray.of(got["status_True"])
+    assert (status == "converged").any() and (status != "converged").any()
+    for key in ("params", "loss", "status", "steps", "history"):
+        np.testing.assert_array_equal(got[f"{key}_True"], got[f"{key}_False"], err_msg=key)
+
+
 def test_two_processes_identical(one_device, tmp_path):
     port = free_port()
     outs = [tmp_path / f"r{i}.npz" for i in range(2)]
