@@ -4,8 +4,8 @@ Configs run in equal chunks (one compilation serves every chunk), each within a 
 the config axis sharded over every device of the mesh (all the global devices: after
 ``jax.distributed.initialize()`` every process runs the same sweep and gets the whole result),
 padded to a multiple of the device count; chunks run one after another (each waits for its
-first program's counts to choose what follows). A progress bar counts chunks; with a checkpoint directory every finished chunk is
-saved there, so an interrupted sweep resumes where it stopped.
+first program's counts to choose what follows). A progress bar counts chunks; with a checkpoint
+directory every finished chunk is saved there, so an interrupted sweep resumes where it stopped.
 """
 
 from __future__ import annotations
