@@ -432,6 +432,12 @@ def test_by_default_a_sweep_compacts_once_it_is_repeated(monkeypatch):
     monkeypatch.setattr(runner, "_processes", lambda: 2)
     sweep(bowl, np.float32([1.0, -0.5]), "sgd", **kw)
     assert legs == [], legs
+    # a sweep whose chunk could take COMPACT_WORK config-steps compacts at its first call
+    monkeypatch.setattr(runner, "_processes", lambda: 1)
+    monkeypatch.setattr(runner, "COMPACT_WORK", 600 * 256)
+    first = sweep(bowl, np.float32([1.0, -0.5]), "sgd", **{**kw, "steps": 601})
+    assert legs, legs
+    assert set(first.status.names()) == {"converged", "max_steps"}
     fields = ("params", "loss", "best_loss", "grad_norm", "status", "steps", "history")
     for r in results[1:]:
         for a, b in zip(jax.tree.leaves([getattr(results[0], f) for f in fields]),

@@ -144,10 +144,11 @@ def sweep(
       compact: once three quarters of a chunk's configs have stopped, run the others on in a
         batch a power of two smaller (each size compiles once), so stopped configs stop
         costing. ``None`` (the default) compacts from a sweep's third call with the same
-        program and shapes on: the smaller programs' compilation costs more than one call
-        saves, so a sweep run once stays one program and a sweep repeated compacts (with
-        several processes ``None`` does not compact: the processes must agree); ``True``
-        always, ``False`` never. Results are the same either way.
+        program and shapes on, or from the first when a chunk could take ``2**28`` config-steps
+        or more (:data:`gdjax.sweep.runner.COMPACT_WORK`): the smaller programs' compilation
+        costs more than one call of a smaller sweep saves, so such a sweep run once stays one
+        program (with several processes ``None`` does not compact: the processes must agree);
+        ``True`` always, ``False`` never. Results are the same either way.
       args: extra arguments of ``f``, the same for every config: ``f(x, *args)`` (with data,
         ``f(params, batch, *args)``), as in :func:`gdjax.minimize`.
       has_aux: ``f`` returns ``(loss, aux)``; ``result.aux`` holds each config's ``aux`` at its

@@ -51,6 +51,11 @@ call saves in every sweep measured (benchmarks/RESULTS.md: the basin map's first
 compaction, 1.1 s without), so a sweep run once runs as one program and a sweep run again and
 again compacts."""
 
+COMPACT_WORK = 1 << 28
+"""...and from its first call when a chunk could take this many config-steps (``steps`` times the
+chunk's configs, ~1 s of evaluated steps here, what the compilation costs): a chunk kept alive
+by a few slow configs then cannot cost much more than compacting would have."""
+
 
 def run_groups(
     groups: list[tuple[program.Static, np.ndarray]],
@@ -251,8 +256,9 @@ def _run_group(
     if compact is None:  # (a sweep's call counts once, however many chunks it has)
         # with several processes every one must run the same programs: a count that one of
         # them kept differently (a sweep it ran alone) would leave the others waiting
-        compact = (_processes() == 1
-                   and _calls_before(static, size, varying, shared_on_devices) >= COMPACT_AFTER)
+        compact = _processes() == 1 and (
+            _calls_before(static, size, varying, shared_on_devices) >= COMPACT_AFTER
+            or static.steps * size >= COMPACT_WORK)
     out = None
     for k in range(chunks):
         lo, hi = k * size, min((k + 1) * size, len(idx))
