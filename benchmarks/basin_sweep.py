@@ -2,12 +2,15 @@
 
 Run as a script (a fresh process, so its peak resident memory is the sweep's own)::
 
-    python -m benchmarks.basin_sweep [n_per_axis] [steps]
+    python -m benchmarks.basin_sweep [--hand] [n_per_axis] [steps]
 
 Every start of a ``n x n`` grid over ``[-5, 5]^2`` (default 1024 x 1024) runs plain gradient
 descent (``sgd``, learning rate 0.01); each converged start is labelled with the minimiser it
 reached. Prints one JSON line: wall seconds (first call, compilation included), peak resident
-memory (``VmHWM``), the status counts and the share of starts in each basin.
+memory (``VmHWM``), the status counts and the share of starts in each basin. With ``--hand``,
+the hand-written ``jit(vmap(scan))`` peer's first call instead, in the same conditions: a fresh
+process whose backend one trivial program has started (its start-up, 0.1-0.3 s here, is no
+side's cost), so neither side inherits JAX's warmed caches from the other.
 """
 
 from __future__ import annotations
@@ -43,12 +46,33 @@ def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def _start_backend() -> None:
+    import jax
+    import jax.numpy as jnp
+
+    jax.block_until_ready(jax.jit(lambda x: x + 1)(jnp.ones(3)))
+
+
+def hand(n: int = N, steps: int = STEPS) -> dict:
+    """The peer's first call: :func:`benchmarks.bench_sweep._hand_basin`."""
+    import jax
+
+    from benchmarks.bench_sweep import _hand_basin
+
+    grid = starts(n)
+    _start_backend()
+    t0 = time.perf_counter()
+    jax.block_until_ready(_hand_basin(grid, steps))
+    return {"starts": len(grid), "steps": steps, "seconds": round(time.perf_counter() - t0, 3)}
+
+
 def main(n: int = N, steps: int = STEPS) -> dict:
     from gdjax import functions
     from gdjax.sweep import sweep
 
     f = functions.himmelblau
     grid = starts(n)
+    _start_backend()
     t0 = time.perf_counter()
     res = sweep(f, grid[0], "sgd", learning_rate=0.01, steps=steps, tol=1e-3,
                 grid={"x0": grid}, progress=False)
@@ -59,7 +83,7 @@ def main(n: int = N, steps: int = STEPS) -> dict:
     return {
         "starts": len(res),
         "steps": steps,
-        "seconds": round(seconds, 2),
+        "seconds": round(seconds, 3),
         "peak_rss_mib": round(peak_rss_mib(), 1),
         "counts": res.counts(),
         "basin_share": [round(float(np.mean(basin == k)), 4) for k in range(len(f.minimizers))],
@@ -68,4 +92,6 @@ def main(n: int = N, steps: int = STEPS) -> dict:
 
 
 if __name__ == "__main__":
-    print(json.dumps(main(*(int(a) for a in sys.argv[1:]))), flush=True)
+    args = sys.argv[1:]
+    side = hand if args[:1] == ["--hand"] else main
+    print(json.dumps(side(*(int(a) for a in args if a != "--hand"))), flush=True)
