@@ -340,7 +340,7 @@ def check_objective(name: str, objective: Objective, params: PyTree, state: PyTr
     return loss.dtype
 
 
-@functools.partial(jax.jit, static_argnums=(6, 7, 8, 9, 10, 11))
+@functools.partial(engine.jit, static_argnums=(6, 7, 8, 9, 10, 11))
 def _fit(params, numbers, aux, tol, divergence, state, loss_fn, tx, eval_fn, steps,
          record_every, objective):
     objective = objective._replace(loss_fn=loss_fn.value)

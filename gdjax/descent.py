@@ -263,7 +263,7 @@ def rebuilt(result: Result, rebuild: inputs.Rebuild | None) -> Result:
     return result._replace(params=rebuild(result.params), history=history)
 
 
-@functools.partial(jax.jit, static_argnums=(6, 7, 8, 9, 10, 11, 12))
+@functools.partial(engine.jit, static_argnums=(6, 7, 8, 9, 10, 11, 12))
 def _minimize(x0, numbers, tol, ftol, divergence, args, f, tx, grad, steps, record_every,
               record_params, has_aux) -> Result:
     loss = value_of(f.value, has_aux)

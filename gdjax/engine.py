@@ -307,6 +307,55 @@ def global_norm(tree: PyTree) -> jax.Array:
     return jnp.sqrt(total)
 
 
+# --- compiling gdjax's programs ----------------------------------------------------------------
+
+COMPILER_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT"}
+"""XLA options gdjax's own programs are compiled with on the CPU backend: YNNPACK library fusions
+for dot products only (as XLA:CPU's defaults do them), not for reductions and element-wise chains.
+Under ``vmap``, YNNPACK runs each config's reduction over a few elements many times slower than
+XLA's own loops: the 8-D quadratic's early-exit sweep (an evaluated step has the loss's
+reduction) 1.4x -> 2.2x-2.7x the hand loop's speed; a dense network's training is unchanged
+(benchmarks/RESULTS.md, session 10)."""
+
+
+@functools.cache
+def compiler_options() -> dict[str, Any]:
+    """:data:`COMPILER_OPTIONS` where the default backend is XLA:CPU and its jaxlib knows them
+    (found once, by compiling a trivial program); else none."""
+    if jax.default_backend() != "cpu":
+        return {}
+    try:
+        jax.jit(lambda x: x + 1, compiler_options=COMPILER_OPTIONS).lower(np.float32(0)).compile()
+    except Exception:  # noqa: BLE001 (a jaxlib without the option: XLA's own defaults)
+        return {}
+    return dict(COMPILER_OPTIONS)
+
+
+def jit(fun: Callable | None = None, /, **kwargs: Any) -> Callable:
+    """``jax.jit(fun, **kwargs)`` compiled with :func:`compiler_options` when called eagerly
+    (they are found at the first call, when the backend is up: a ``jax.distributed.initialize()``
+    before it still works). Inside another transformation (a user's ``jax.jit``, ``vmap`` or
+    ``grad``) it is plain ``jax.jit``: JAX takes compiler options only at the top level, where
+    the user's own program is compiled. Usable as ``@jit`` and ``@functools.partial(jit, ...)``;
+    ``.lower`` as jax's."""
+    if fun is None:
+        return functools.partial(jit, **kwargs)
+    plain = jax.jit(fun, **kwargs)
+
+    @functools.cache
+    def compiled() -> Callable:
+        options = compiler_options()
+        return jax.jit(fun, compiler_options=options, **kwargs) if options else plain
+
+    @functools.wraps(fun)
+    def call(*args: Any, **kw: Any) -> Any:
+        traced = any(isinstance(a, jax.core.Tracer) for a in jax.tree.leaves((args, kw)))
+        return (plain if traced else compiled())(*args, **kw)
+
+    call.lower = lambda *args, **kw: compiled().lower(*args, **kw)
+    return call
+
+
 # --- batch_any: one decision for a whole vmapped batch -------------------------------------------
 
 _batch_any_p = jax_core.Primitive("gdjax_batch_any")

@@ -326,3 +326,37 @@ def test_a_converged_run_carried_off_by_a_non_finite_update_is_replayed_to_its_s
         s = int(run.steps)
         np.testing.assert_allclose(run.params, (1 - 0.1 * A) ** s * x0, rtol=1e-5)
         assert 0.05 * 0.6 < float(run.grad_norm) <= 0.05
+
+
+def _small_rows(x):
+    """Each row's reduction over a few elements, under ``vmap``: what a sweep of a small
+    objective evaluates at every step."""
+    return jax.vmap(lambda r: jnp.sum(2.0 * r * r))(x)
+
+
+def test_gdjax_programs_compile_without_library_fusions():
+    if not engine.compiler_options():  # (another backend, or a jaxlib without the option)
+        pytest.skip("XLA:CPU with xla_cpu_experimental_ynn_fusion_type only")
+    x = jnp.ones((4096, 8), jnp.float32)
+    # jax's defaults hand these reductions to YNNPACK (an evaluated step of a sweep ran 1.8x
+    # slower): should a jaxlib stop doing so, COMPILER_OPTIONS can go
+    assert "ynn_fusion" in jax.jit(_small_rows).lower(x).compile().as_text()
+    assert "ynn_fusion" not in engine.jit(_small_rows).lower(x).compile().as_text()
+    # dot products keep the library, as jax's defaults have it (a dense network trains as fast)
+    w = jnp.ones((8, 8), jnp.float32)
+    assert "ynn_fusion" in engine.jit(jnp.dot).lower(x, w).compile().as_text()
+    np.testing.assert_array_equal(engine.jit(_small_rows)(x), jax.jit(_small_rows)(x))
+    # inside a user's transformation it is jax.jit (which takes options only at the top level)
+    np.testing.assert_array_equal(jax.jit(engine.jit(_small_rows))(x), _small_rows(x))
+    np.testing.assert_array_equal(jax.vmap(engine.jit(_small_rows))(x[None])[0], _small_rows(x))
+
+
+def test_a_jaxlib_without_the_options_compiles_with_its_defaults(monkeypatch):
+    monkeypatch.setattr(engine, "COMPILER_OPTIONS", {"xla_gdjax_no_such_option": True})
+    engine.compiler_options.cache_clear()
+    try:
+        assert engine.compiler_options() == {}
+        x = jnp.ones((64, 8), jnp.float32)
+        np.testing.assert_array_equal(engine.jit(_small_rows)(x), _small_rows(x))
+    finally:
+        engine.compiler_options.cache_clear()

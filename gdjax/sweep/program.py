@@ -216,7 +216,7 @@ def _result(one, shared, carry, buffer, static) -> engine.Result:
     return result._replace(history=result.history._replace(step=None))
 
 
-@functools.partial(jax.jit, static_argnums=3)
+@functools.partial(engine.jit, static_argnums=3)
 def run(varying: PyTree, shared: PyTree, stop_at: jax.Array, static: Static) -> tuple:
     """A chunk from its start: its first leg (see :func:`leg`) and, should that have run every
     config to its end with none to replay, their results: ``(carry, buffer, counts, marked,
@@ -267,7 +267,7 @@ def _ended(varying, shared, carry, buffer, unit, running, static, axes) -> tuple
     return carry, buffer, counts, marked, result
 
 
-@functools.partial(jax.jit, static_argnums=(7, 8), donate_argnums=(2, 3))
+@functools.partial(engine.jit, static_argnums=(7, 8), donate_argnums=(2, 3))
 def leg(varying: PyTree, shared: PyTree, carry: engine.Carry, buffer: tuple, rows: jax.Array,
         unit: jax.Array, stop_at: jax.Array, static: Static, by_config: NamedSharding) -> tuple:
     """A compaction: the configs ``rows`` of a chunk gathered into a batch of their own and run
@@ -302,7 +302,7 @@ def leg(varying: PyTree, shared: PyTree, carry: engine.Carry, buffer: tuple, row
     )(varying, shared, carry, buffer, unit, running)
 
 
-@functools.partial(jax.jit, static_argnums=(4, 5), donate_argnums=2)
+@functools.partial(engine.jit, static_argnums=(4, 5), donate_argnums=2)
 def replay(varying: PyTree, shared: PyTree, result: engine.Result, at: jax.Array,
            static: Static, by_config: NamedSharding) -> engine.Result:
     """``result`` with the configs ``at`` run again from their start
