@@ -24,7 +24,7 @@ from typing import Any, NamedTuple
 import jax
 import numpy as np
 
-from gdjax import inputs
+from gdjax import engine, inputs
 from gdjax.descent import minimize
 from gdjax.engine import Status
 from gdjax.optimizers import OPTIMIZERS
@@ -113,7 +113,7 @@ def race(
         # one program per optimiser: jax.vmap of minimize over the learning rates (a sweep
         # would add a chunk plan and a replay program per optimiser: twice the compile time)
         lrs = np.asarray(grids[name], x0.dtype if x0.dtype.kind == "f" else np.float32)
-        res = jax.jit(jax.vmap(lambda lr, name=name: minimize(
+        res = engine.jit(jax.vmap(lambda lr, name=name: minimize(
             f, x0, name, learning_rate=lr, steps=steps, record_every=record_every,
             record_params=True)))(lrs)
         res = jax.tree.map(np.asarray, res)
