@@ -349,6 +349,9 @@ def test_gdjax_programs_compile_without_library_fusions():
     # inside a user's transformation it is jax.jit (which takes options only at the top level)
     np.testing.assert_array_equal(jax.jit(engine.jit(_small_rows))(x), _small_rows(x))
     np.testing.assert_array_equal(jax.vmap(engine.jit(_small_rows))(x[None])[0], _small_rows(x))
+    # ... even called there with constants only
+    np.testing.assert_array_equal(jax.jit(lambda y: engine.jit(_small_rows)(x) + y)(1.0),
+                                  _small_rows(x) + 1.0)
 
 
 def test_a_jaxlib_without_the_options_compiles_with_its_defaults(monkeypatch):
