@@ -45,6 +45,11 @@ How the loop is organised (the reasons are XLA:CPU's costs, measured in benchmar
   final state at the end (a diverged run's loss and gradient norm read NaN from the step it
   diverged at).
 
+gdjax's own top-level programs (``minimize``, ``fit``, a sweep's) are compiled through :func:`jit`,
+which on XLA:CPU keeps YNNPACK library fusions to dot products (:data:`COMPILER_OPTIONS`: its
+reductions made a small objective's sweep several times slower); inside a user's transformation
+the user's program and its options are what compile.
+
 Differentiating through a run (``jax.grad`` of its final loss with respect to ``x0`` or a
 learning rate) stores the state at each segment's start (each segment is ``jax.checkpoint``-ed)
 and recomputes the segment on the way back: memory grows as ``steps / S + S`` copies of the
